@@ -1,0 +1,1 @@
+"""distillery worker service."""

@@ -1,0 +1,100 @@
+"""API keys: issued once, stored as a salted hash, checked per request.
+
+A key reads `<prefix><key_id>_<secret>`. `key_id` is public (shown in listings, used for lookup);
+only sha256(salt | secret | pepper) is stored. Keys carry 32 random bytes, so a fast hash is enough:
+brute force is hopeless and a slow KDF would cost every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from distillery.store import models as m
+
+SCOPES = ("jobs:write", "train:write", "infer", "admin")
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: str  # shown once
+    key_id: str
+    name: str
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    name: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+
+def parse_scopes(text: str | list[str]) -> tuple[str, ...]:
+    items = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    bad = [s for s in items if s not in SCOPES]
+    if bad or not items:
+        raise ValueError(f"scopes {bad or '(none)'} not accepted (accepted: {', '.join(SCOPES)})")
+    return tuple(dict.fromkeys(items))
+
+
+def _digest(salt: str, secret: str, pepper: str) -> str:
+    return hashlib.sha256(f"{salt}|{secret}|{pepper}".encode()).hexdigest()
+
+
+def create_key(
+    session: Session, name: str, scopes: tuple[str, ...], pepper: str = "", prefix: str = "dst_"
+) -> IssuedKey:
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    salt = secrets.token_hex(16)
+    session.add(
+        m.ApiKey(
+            key_id=key_id, name=name, salt=salt, key_hash=_digest(salt, secret, pepper), scopes=list(scopes)
+        )
+    )
+    session.flush()
+    return IssuedKey(f"{prefix}{key_id}_{secret}", key_id, name, scopes)
+
+
+def split_key(key: str, prefix: str = "dst_") -> tuple[str, str] | None:
+    if not key.startswith(prefix):
+        return None
+    key_id, sep, secret = key[len(prefix) :].partition("_")
+    return (key_id, secret) if sep and key_id and secret else None
+
+
+def verify_key(session: Session, key: str, pepper: str = "", prefix: str = "dst_") -> Principal | None:
+    """The key's principal, or None when it is malformed, unknown, wrong or revoked."""
+    parts = split_key(key, prefix)
+    if parts is None:
+        return None
+    key_id, secret = parts
+    row = session.scalars(select(m.ApiKey).where(m.ApiKey.key_id == key_id)).one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    if not hmac.compare_digest(row.key_hash, _digest(row.salt, secret, pepper)):
+        return None
+    return Principal(row.key_id, row.name, frozenset(row.scopes))
+
+
+def revoke_key(session: Session, key_id: str) -> bool:
+    row = session.scalars(select(m.ApiKey).where(m.ApiKey.key_id == key_id)).one_or_none()
+    if row is None:
+        return False
+    if row.revoked_at is None:
+        row.revoked_at = datetime.now(UTC)
+    return True
+
+
+def list_keys(session: Session) -> list[m.ApiKey]:
+    return list(session.scalars(select(m.ApiKey).order_by(m.ApiKey.id)))

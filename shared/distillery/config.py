@@ -1,0 +1,81 @@
+"""One settings object, read from the environment (and an optional `.env`)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# No weights ever come from a hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _default_shared_dir() -> Path:
+    return REPO_ROOT.parent / "shared"
+
+
+class Settings(BaseSettings):
+    """Every knob of every service. Unset URLs mean: use the embedded PostgreSQL/Redis."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_prefix="DISTILLERY_", extra="ignore", validate_by_name=True
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "DISTILLERY_DATABASE_URL"),
+        description="SQLAlchemy URL of PostgreSQL; unset = embedded server under DISTILLERY_HOME.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "DISTILLERY_REDIS_URL"),
+        description="Redis URL (Celery broker, pub/sub, rate limits); unset = embedded server.",
+    )
+    home: Path = Field(default=Path.home() / ".distillery", description="Data directory.")
+    artifact_dir: Path | None = Field(
+        default=None, description="Checkpoints, runs, plots; default HOME/artifacts."
+    )
+    model_dir: Path | None = Field(default=None, description="HF-format models; default HOME/models.")
+    shared_dir: Path = Field(
+        default_factory=_default_shared_dir,
+        description="Folder holding datasets/ and rationales/ (the ../shared beside the repo).",
+    )
+    api_key_pepper: str = Field(
+        default="",
+        description="Secret mixed into every API-key hash (set it in production; never logged).",
+    )
+    api_key_prefix: str = Field(default="dst_", description="Prefix of issued API keys.")
+    rate_limit_per_minute: int = Field(default=600, ge=1, description="Per-key request budget.")
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    gateway_url: str = Field(default="http://127.0.0.1:8000", description="Where the CLI finds the gateway.")
+    api_key: str | None = Field(default=None, description="Key the CLI sends to the gateway.")
+    log_level: str = "INFO"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.artifact_dir or self.home / "artifacts"
+
+    @property
+    def models(self) -> Path:
+        return self.model_dir or self.home / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.shared_dir / "datasets"
+
+    @property
+    def rationales_dir(self) -> Path:
+        return self.shared_dir / "rationales"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

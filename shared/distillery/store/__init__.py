@@ -1,0 +1,1 @@
+"""PostgreSQL persistence: ORM models, sessions, migrations and the queries services share."""

@@ -1,0 +1,1 @@
+"""Teacher backends behind one small interface (see `base`)."""

@@ -1,0 +1,118 @@
+"""Shared fixtures: real PostgreSQL and Redis for every test.
+
+By default the machine's servers are used when they answer (127.0.0.1:5432 / :6379, or DATABASE_URL /
+REDIS_URL for the test run); otherwise the embedded pair is started in a temp dir. Force one with
+DISTILLERY_TEST_SERVICES=external|embedded. Each test session gets its own fresh database.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from distillery.config import Settings
+from distillery.embedded import EmbeddedPostgres, EmbeddedRedis
+from distillery.store.db import normalise_url, session_scope
+from distillery.store.migrate import upgrade
+from distillery.store.models import Base
+
+MACHINE_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+MACHINE_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _mode() -> str:
+    mode = os.environ.get("DISTILLERY_TEST_SERVICES", "auto")
+    if mode not in ("auto", "external", "embedded"):
+        raise pytest.UsageError("DISTILLERY_TEST_SERVICES must be auto, external or embedded")
+    return mode
+
+
+@pytest.fixture(scope="session")
+def services_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def server_pg_url(services_root: Path) -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database."""
+    mode = _mode()
+    given = os.environ.get("DATABASE_URL")
+    if mode != "embedded" and given:
+        yield normalise_url(given)
+    elif mode == "external" or (mode == "auto" and _port_open(5432)):
+        yield MACHINE_PG
+    else:
+        pg = EmbeddedPostgres(services_root / "postgres")
+        url = pg.start()
+        yield url
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_pg_url: str) -> Iterator[str]:
+    """A fresh, migrated database for this test session."""
+    name = f"distillery_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_pg_url).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    from distillery.store.db import get_engine
+
+    get_engine(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url(services_root: Path) -> Iterator[str]:
+    mode = _mode()
+    given = os.environ.get("REDIS_URL")
+    if mode != "embedded" and given:
+        yield given
+    elif mode == "external" or (mode == "auto" and _port_open(6379)):
+        # A db index of our own keeps parallel sessions' queues apart from other users of db 0.
+        yield "redis://127.0.0.1:6379/" + str(7 + os.getpid() % 8)
+    else:
+        server = EmbeddedRedis(services_root / "redis")
+        yield server.start()
+        server.stop()
+
+
+@pytest.fixture
+def clean_db(database_url: str) -> Iterator[str]:
+    """The session database, emptied before the test."""
+    with session_scope(database_url) as session:
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield database_url
+
+
+@pytest.fixture
+def clean_redis(redis_url: str) -> Iterator[str]:
+    client = redis_lib.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    yield redis_url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, clean_db: str, clean_redis: str) -> Settings:
+    """Settings for one test: its own home dir, the session's database and Redis."""
+    return Settings(home=tmp_path / "home", database_url=clean_db, redis_url=clean_redis)
