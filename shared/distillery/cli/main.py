@@ -7,7 +7,12 @@ import logging
 import typer
 
 from distillery import __version__
-from distillery.cli import data, db, models, services, up
+from distillery.cli import data, db, keys, models, services, teachers, up
+from distillery.cli import eval as eval_cli
+from distillery.cli import jobs as jobs_cli
+from distillery.cli import train as train_cli
+from distillery.cli import trainer as trainer_cli
+from distillery.cli import worker as worker_cli
 from distillery.config import get_settings
 
 app = typer.Typer(
@@ -17,9 +22,16 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(db.app, name="db")
+app.add_typer(keys.app, name="keys")
 app.add_typer(services.app, name="services")
 app.add_typer(models.app, name="models")
+app.add_typer(teachers.app, name="teachers")
 app.command("up")(up.up)
+app.add_typer(jobs_cli.app, name="jobs")
+app.command("worker")(worker_cli.worker)
+app.command("train")(train_cli.train)
+app.command("eval")(eval_cli.eval_command)
+app.command("trainer")(trainer_cli.trainer)
 
 
 @app.callback()

@@ -1,0 +1,106 @@
+"""The process list of a distillery deployment, as data.
+
+`distillery up` runs exactly these services as child processes, and docker-compose.yml runs the same
+commands in containers (tests/test_deploy_stack.py keeps the two in step). PostgreSQL and Redis are not
+listed: `up` gets them from `distillery.embedded.running_services`, compose from its own services.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from distillery.teachers.base import TeacherSpec
+
+GATEWAY_PORT = 8000
+TEACHER_PORT = 8100
+# Served names of the local CPU teachers (distillery.modelhub names; GGUF files come from PyPI wheels).
+LOCAL_TEACHER_MODELS = ("smollm2-135m", "gemma3-270m")
+# SmolLM2-Instruct has a chat template; Gemma 3 270M is a base model, so it gets plain completions.
+LOCAL_TEACHER_API_STYLES = {"smollm2-135m": "chat", "gemma3-270m": "completion"}
+
+
+@dataclass(frozen=True)
+class ServiceDef:
+    """One supervised process: `distillery <argv...>`."""
+
+    name: str
+    argv: tuple[str, ...]
+    ready_url: str | None = None  # answers 2xx once the service is ready; None: ready once started
+    depends_on: tuple[str, ...] = ()
+    oneshot: bool = False  # runs to completion; dependants start after it exited 0
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def stack(
+    host: str = "127.0.0.1",
+    gateway_port: int = GATEWAY_PORT,
+    teacher_port: int = TEACHER_PORT,
+    teacher: bool = True,
+) -> list[ServiceDef]:
+    """The services in start order. `host` is where the servers listen (compose: 0.0.0.0)."""
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    services = [ServiceDef("migrate", ("db", "upgrade"), oneshot=True)]
+    if teacher:
+        services.append(
+            ServiceDef(
+                "teacher-cpu",
+                (
+                    "teachers",
+                    "serve",
+                    "--models",
+                    ",".join(LOCAL_TEACHER_MODELS),
+                    "--host",
+                    host,
+                    "--port",
+                    str(teacher_port),
+                ),
+                ready_url=f"http://{probe_host}:{teacher_port}/v1/models",
+            )
+        )
+    services += [
+        ServiceDef("worker", ("worker", "--concurrency", "4"), depends_on=("migrate",)),
+        ServiceDef("trainer", ("trainer",), depends_on=("migrate",)),
+        ServiceDef(
+            "gateway",
+            ("gateway", "--host", host, "--port", str(gateway_port)),
+            ready_url=f"http://{probe_host}:{gateway_port}/healthz",
+            depends_on=("migrate",),
+        ),
+    ]
+    return services
+
+
+def local_teachers(base_url: str = f"http://127.0.0.1:{TEACHER_PORT}/v1") -> list[TeacherSpec]:
+    """Teacher rows for the models the `teacher-cpu` service serves at `base_url`."""
+    return [
+        TeacherSpec(
+            name=name,
+            backend="openai",
+            base_url=base_url,
+            model=name,
+            api_style=LOCAL_TEACHER_API_STYLES[name],  # type: ignore[arg-type]
+        )
+        for name in LOCAL_TEACHER_MODELS
+    ]
+
+
+def start_order(services: Iterable[ServiceDef]) -> list[ServiceDef]:
+    """`services` sorted so that every service comes after its dependencies (ValueError on a cycle)."""
+    pending = {s.name: s for s in services}
+    names = set(pending)
+    for s in pending.values():
+        unknown = set(s.depends_on) - names
+        if unknown:
+            raise ValueError(f"service {s.name!r} depends on unknown {sorted(unknown)}")
+    ordered: list[ServiceDef] = []
+    placed: set[str] = set()
+    while pending:
+        ready = [s for s in pending.values() if set(s.depends_on) <= placed]
+        if not ready:
+            raise ValueError(f"dependency cycle among {sorted(pending)}")
+        for s in ready:
+            ordered.append(s)
+            placed.add(s.name)
+            del pending[s.name]
+    return ordered
