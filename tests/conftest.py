@@ -8,7 +8,9 @@ DISTILLERY_TEST_SERVICES=external|embedded. Each test session gets its own fresh
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,9 @@ from distillery.embedded import EmbeddedPostgres, EmbeddedRedis
 from distillery.store.db import normalise_url, session_scope
 from distillery.store.migrate import upgrade
 from distillery.store.models import Base
+
+# A gateway built in a test serves no student unless the test names one (loading one costs CPU).
+os.environ.setdefault("DISTILLERY_DEFAULT_MODEL", "none")
 
 MACHINE_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
@@ -42,8 +47,12 @@ def _mode() -> str:
 
 
 @pytest.fixture(scope="session")
-def services_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("services")
+def services_root() -> Iterator[Path]:
+    # Not tmp_path: pytest resets /tmp/pytest-of-<user> to 0700, which locks out the system user the
+    # embedded PostgreSQL runs as when tests run as root.
+    root = Path(tempfile.mkdtemp(prefix="distillery-services-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +125,51 @@ def clean_redis(redis_url: str) -> Iterator[str]:
 def settings(tmp_path: Path, clean_db: str, clean_redis: str) -> Settings:
     """Settings for one test: its own home dir, the session's database and Redis."""
     return Settings(home=tmp_path / "home", database_url=clean_db, redis_url=clean_redis)
+
+
+@pytest.fixture(scope="session")
+def teacher_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL ("http://127.0.0.1:PORT/v1") of ONE real llama.cpp teacher server for the session.
+
+    It serves `smollm2-135m` (chat) and `gemma3-270m` (base model: /v1/completions). Set
+    DISTILLERY_TEST_TEACHER_URL to use a server that is already running instead.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    given = os.environ.get("DISTILLERY_TEST_TEACHER_URL")
+    if given:
+        yield given.rstrip("/")
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("teacher") / "server.log"
+    argv = [sys.executable, "-m", "distillery_teacher", "--models", "smollm2-135m,gemma3-270m"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([*argv, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"teacher server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"teacher server not ready after 300 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

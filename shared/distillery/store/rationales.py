@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Float, case, cast, func, select
+from sqlalchemy import Float, TextClause, case, cast, func, select
+from sqlalchemy import text as sql_text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import sqltypes
 
 from distillery.datasets import DatasetError, Problem
 from distillery.rationale_checks import agrees_with_gold, is_duplicate, is_truncated
@@ -78,19 +82,63 @@ def _complete(row: dict) -> dict:
     return {**COLUMN_DEFAULTS, **row}
 
 
+def _unnest_insert() -> TextClause:
+    """INSERT ... SELECT FROM unnest(one array per column) ON CONFLICT DO NOTHING.
+
+    One bound array per column keeps the statement short and constant: the driver neither re-parses a
+    statement with thousands of placeholders nor re-plans it per batch size (VALUES lists did both, and
+    that parsing, not PostgreSQL, capped throughput).
+    """
+    table = m.Rationale.__table__
+    dialect = postgresql.dialect()
+    names = [*REQUIRED_COLUMNS, *COLUMN_DEFAULTS]
+    arrays, selected = [], []
+    for name in names:
+        column_type = table.c[name].type.dialect_impl(dialect)
+        if isinstance(column_type, sqltypes.JSON):
+            # JSON travels as text and is parsed by PostgreSQL.
+            arrays.append(f"CAST(:{name} AS text[])")
+            selected.append(f"CAST(t.{name} AS jsonb)")
+        else:
+            # No length in the cast: casting to varchar(n) would cut an over-long value silently, while
+            # the insert into the column rejects it.
+            base = re.sub(r"\(\d+\)$", "", column_type.compile(dialect=dialect))
+            arrays.append(f"CAST(:{name} AS {base}[])")
+            selected.append(f"t.{name}")
+    return sql_text(
+        f"INSERT INTO {table.name} ({', '.join(names)}) "
+        f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) AS t({', '.join(names)}) "
+        f"ON CONFLICT ({', '.join(CONFLICT_KEY)}) DO NOTHING"
+    )
+
+
+_INSERT = _unnest_insert()
+
+
+# One Python type per array: the driver refuses lists that mix e.g. int and float.
+def _converter(name: str):
+    column_type = m.Rationale.__table__.c[name].type
+    if isinstance(column_type, sqltypes.JSON):
+        return lambda v: json.dumps(list(v or []))
+    python_type = column_type.python_type
+    return lambda v: None if v is None else python_type(v)
+
+
+_CONVERTERS = {name: _converter(name) for name in (*REQUIRED_COLUMNS, *COLUMN_DEFAULTS)}
+
+
 def upsert_rationales(session: Session, rows: list[dict]) -> int:
     """Insert rows (Rationale column names) in multi-row batches; rows already stored are left as they are.
 
     The unique key (job, example, teacher, sample) makes a re-delivered chunk a no-op. Returns how many
     rows were new.
     """
-    table = m.Rationale.__table__
-    stmt = insert(table).on_conflict_do_nothing(index_elements=list(CONFLICT_KEY)).returning(table.c.id)
     inserted = 0
     for start in range(0, len(rows), BATCH):
         batch = [_complete(row) for row in rows[start : start + BATCH]]
-        # executemany with RETURNING: SQLAlchemy sends multi-row VALUES pages ("insertmanyvalues").
-        inserted += len(session.execute(stmt, batch).all())
+        columns = {name: [convert(row[name]) for row in batch] for name, convert in _CONVERTERS.items()}
+        result = session.execute(_INSERT, columns)
+        inserted += result.rowcount  # type: ignore[attr-defined]
     return inserted
 
 
@@ -142,7 +190,8 @@ def export_lines(session: Session, job_id: str, teacher_names: list[str] | None 
         unknown = [name for name in teacher_names if name not in job_teachers]
         if unknown:
             raise LookupError(
-                f"job {job_id!r} has no teacher(s) {unknown} (its teachers: {', '.join(sorted(job_teachers))})"
+                f"job {job_id!r} has no teacher(s) {unknown} "
+                f"(its teachers: {', '.join(sorted(job_teachers))})"
             )
         position = case({name: i for i, name in enumerate(teacher_names)}, value=m.Teacher.name)
     stmt = (
@@ -336,6 +385,8 @@ def _import_job(
         "finished_at": now,
     }
     if job_id is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", job_id):
+            raise ValueError(f"job id {job_id!r} is not accepted (1-32 letters, digits, '_' or '-')")
         stmt = insert(m.RationaleJob).values(id=job_id, **values)
         stmt = stmt.on_conflict_do_nothing(index_elements=["id"]).returning(m.RationaleJob.id)
         created = session.execute(stmt).scalar_one_or_none() is not None
@@ -346,6 +397,9 @@ def _import_job(
         created = session.execute(stmt).scalar_one_or_none() is not None
         job = session.scalars(select(m.RationaleJob).where(m.RationaleJob.idempotency_key == key)).one()
     assert job is not None
+    if job.kind != "import":
+        # A generation job's progress counts what its teachers still owe; an import would overwrite them.
+        raise ValueError(f"job {job.id!r} is a {job.kind} job; rationale files are imported into import jobs")
     if job.dataset_id != dataset_id or job.split != split:
         raise ValueError(f"job {job.id!r} belongs to another dataset/split; import into a new job instead")
     return job, created
