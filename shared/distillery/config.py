@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +59,30 @@ class Settings(BaseSettings):
     gateway_url: str = Field(default="http://127.0.0.1:8000", description="Where the CLI finds the gateway.")
     api_key: str | None = Field(default=None, description="Key the CLI sends to the gateway.")
     log_level: str = "INFO"
+    # Student serving (gateway).
+    student_backend: Literal["transformers", "vllm"] = Field(
+        default="transformers", description="In-process transformers (CPU) or a vLLM OpenAI server (GPU)."
+    )
+    vllm_url: str | None = Field(default=None, description="vLLM server URL (…/v1), student_backend=vllm.")
+    vllm_model: str | None = Field(
+        default=None, description="Model name on the vLLM server; unset = the promoted model's."
+    )
+    vllm_api_key: str | None = Field(default=None, description="The vLLM server's --api-key, if it has one.")
+    default_model: str = Field(
+        default="smollm2-135m", description='Served while none is promoted: modelhub name, HF dir or "none".'
+    )
+    served_model_name: str | None = Field(
+        default=None, description="Serve this registry name's production version; unset = newest."
+    )
+    batch_max_size: int = Field(default=16, ge=1, description="Most sequences in one batched generate.")
+    batch_wait_ms: float = Field(default=5.0, ge=0, description="How long a batch waits for companions.")
+    batch_queue_size: int = Field(default=256, ge=1, description="Queued requests before 503 + Retry-After.")
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request bodies get 413.")
+    max_tokens_default: int = Field(default=512, ge=1, description="Completion cap when max_tokens is unset.")
+    predict_max_items: int = Field(default=64, ge=1, description="Most items in one /v1/predict/batch.")
+    registry_poll_s: float = Field(default=10.0, gt=0, description="Registry polling (pub/sub fallback).")
+    metrics_public: bool = Field(default=False, description="Serve /metrics without a key (else: admin).")
+    rate_limit_burst: int | None = Field(default=None, ge=1, description="Bucket size; unset = the rate.")
 
     @property
     def artifacts(self) -> Path:

@@ -7,8 +7,10 @@ import logging
 import typer
 
 from distillery import __version__
-from distillery.cli import data, db, keys, models, services, teachers, up
+from distillery.cli import data, db, demo, keys, models, services, teachers, up
 from distillery.cli import eval as eval_cli
+from distillery.cli import experiments as experiments_cli
+from distillery.cli import gateway as gateway_cli
 from distillery.cli import jobs as jobs_cli
 from distillery.cli import train as train_cli
 from distillery.cli import trainer as trainer_cli
@@ -27,11 +29,14 @@ app.add_typer(services.app, name="services")
 app.add_typer(models.app, name="models")
 app.add_typer(teachers.app, name="teachers")
 app.command("up")(up.up)
+app.command("demo")(demo.demo)
 app.add_typer(jobs_cli.app, name="jobs")
 app.command("worker")(worker_cli.worker)
 app.command("train")(train_cli.train)
 app.command("eval")(eval_cli.eval_command)
 app.command("trainer")(trainer_cli.trainer)
+app.command("gateway")(gateway_cli.gateway)
+app.add_typer(experiments_cli.app, name="experiments")
 
 
 @app.callback()
@@ -39,6 +44,9 @@ def main() -> None:
     logging.basicConfig(
         level=get_settings().log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # One INFO line per HTTP request drowns the progress bars of client commands.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.command()

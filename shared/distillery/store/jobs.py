@@ -151,14 +151,6 @@ def cancel_job(session: Session, job_id: str) -> m.RationaleJob | None:
     return job
 
 
-def fail_job(session: Session, job_id: str, error: str) -> None:
-    session.execute(
-        update(m.RationaleJob)
-        .where(m.RationaleJob.id == job_id, m.RationaleJob.status.not_in(TERMINAL))
-        .values(status=FAILED, error=error, finished_at=datetime.now(UTC))
-    )
-
-
 def settled_items(
     session: Session, job_id: str, teacher_id: int, example_ids: Sequence[int]
 ) -> set[tuple[int, int]]:

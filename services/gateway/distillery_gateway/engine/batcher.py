@@ -1,0 +1,193 @@
+"""Dynamic micro-batching: requests that arrive within a few milliseconds share one batched call.
+
+Jobs wait in a bounded FIFO; a single loop takes the oldest job, waits up to `wait_s` for companions
+(or until `max_rows` rows are waiting), takes every waiting job with the same batch key that still fits,
+and runs them as one call on a one-thread executor, so the model runs one batch at a time and the event
+loop stays free. Requests that arrive while a batch runs form the next one. A full queue raises
+`QueueFull` at once (back-pressure) instead of growing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillery_gateway.engine.types import ModelNotReady, QueueFull
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's share of a batch: `rows` sequences under batch key `key`."""
+
+    key: Hashable
+    rows: int = 1
+    payload: Any = None
+    cancelled: bool = False
+    future: asyncio.Future | None = field(default=None, repr=False)
+    loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+
+    def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
+        """Complete the job from any thread."""
+        assert self.loop is not None and self.future is not None
+        self.loop.call_soon_threadsafe(_settle, self.future, result, error)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller went away
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+RunBatch = Callable[[Sequence[Job]], None]
+BatchObserver = Callable[[int], None]
+
+
+class MicroBatcher:
+    """Collects jobs into batches and runs `run_batch(jobs)` on a dedicated thread, one batch at a time.
+
+    `run_batch` must call `job.resolve(...)` for every job it is given; an exception it raises fails
+    every job of the batch that it left unresolved.
+    """
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_rows: int,
+        wait_s: float,
+        max_queue: int,
+        name: str = "batch",
+        on_batch: BatchObserver | None = None,
+    ):
+        self._run_batch = run_batch
+        self.max_rows = max_rows
+        self.wait_s = wait_s
+        self.max_queue = max_queue
+        self._on_batch = on_batch
+        self._pending: deque[Job] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self.running_rows = 0
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting for a batch (not counting the one running)."""
+        return len(self._pending)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="micro-batcher")
+
+    def enqueue(self, job: Job) -> asyncio.Future:
+        """Queue `job` (QueueFull when the queue is full); the future completes with its result."""
+        if self._closed:
+            raise ModelNotReady("the model is being replaced; retry")
+        if len(self._pending) >= self.max_queue:
+            raise QueueFull(f"the request queue is full ({self.max_queue} waiting)")
+        self.start()
+        job.loop = asyncio.get_running_loop()
+        job.future = job.loop.create_future()
+        self._pending.append(job)
+        self._arrived.set()
+        return job.future
+
+    def cancel(self, job: Job) -> None:
+        """The caller went away: drop the job, or stop generating for it in the running batch."""
+        job.cancelled = True
+        with contextlib.suppress(ValueError):
+            self._pending.remove(job)
+
+    async def submit(self, job: Job) -> Any:
+        """Queue `job` and wait for its result."""
+        future = self.enqueue(job)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.cancel(job)
+            raise
+
+    async def close(self) -> None:
+        """Stop taking jobs, fail the waiting ones, let the running batch finish, free the thread."""
+        self._closed = True
+        while self._pending:
+            job = self._pending.popleft()
+            if job.future is not None and not job.future.done():
+                job.future.set_exception(ModelNotReady("the model is being replaced; retry"))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+
+    async def _gather_window(self) -> None:
+        """After the first job arrives, wait up to `wait_s` for more (or until a batch is full)."""
+        if self.wait_s <= 0:
+            return
+        deadline = asyncio.get_running_loop().time() + self.wait_s
+        while sum(j.rows for j in self._pending) < self.max_rows:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+
+    def _take(self) -> list[Job]:
+        """The oldest job plus every waiting job with its key that still fits, in arrival order."""
+        while self._pending and self._pending[0].cancelled:
+            self._pending.popleft()
+        if not self._pending:
+            return []
+        first = self._pending.popleft()
+        batch, rows, keep = [first], first.rows, deque()
+        while self._pending:
+            job = self._pending.popleft()
+            if job.cancelled:
+                continue
+            if job.key == first.key and rows + job.rows <= self.max_rows:
+                batch.append(job)
+                rows += job.rows
+            else:
+                keep.append(job)
+        self._pending = keep
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            await self._gather_window()
+            batch = self._take()
+            if not batch:
+                continue
+            self.running_rows = sum(j.rows for j in batch)
+            if self._on_batch is not None:
+                self._on_batch(self.running_rows)
+            try:
+                await loop.run_in_executor(self._executor, self._run_safely, batch)
+            finally:
+                self.running_rows = 0
+
+    def _run_safely(self, batch: Sequence[Job]) -> None:
+        try:
+            self._run_batch(batch)
+        except Exception as exc:  # one bad batch must not take the loop down
+            log.exception("batch of %d jobs failed", len(batch))
+            for job in batch:
+                job.resolve(error=exc)

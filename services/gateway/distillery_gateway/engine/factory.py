@@ -1,0 +1,40 @@
+"""Builds the configured backend (transformers or vLLM) for a model the manager wants to serve."""
+
+from __future__ import annotations
+
+from distillery.config import Settings
+from distillery_gateway.engine.backend import Backend
+from distillery_gateway.engine.manager import BackendFactory, ServedModel
+from distillery_gateway.metrics import GatewayMetrics
+
+
+def backend_factory(settings: Settings, metrics: GatewayMetrics | None = None) -> BackendFactory:
+    if settings.student_backend == "vllm" and not settings.vllm_url:
+        raise ValueError(
+            "DISTILLERY_STUDENT_BACKEND=vllm needs DISTILLERY_VLLM_URL (the vLLM server's /v1 URL)"
+        )
+
+    def build(model: ServedModel) -> Backend:
+        if settings.student_backend == "vllm":
+            from distillery_gateway.engine.vllm_backend import VLLMBackend
+
+            assert settings.vllm_url is not None
+            return VLLMBackend(
+                settings.vllm_url,
+                model.path,
+                settings.vllm_model,
+                candidates=(model.path, model.id, model.name),
+                max_in_flight=settings.batch_queue_size,
+                api_key=settings.vllm_api_key,
+            )
+        from distillery_gateway.engine.transformers_backend import TransformersBackend
+
+        return TransformersBackend(
+            model.path,
+            batch_max_size=settings.batch_max_size,
+            batch_wait_ms=settings.batch_wait_ms,
+            queue_size=settings.batch_queue_size,
+            on_batch=metrics.batch_size.observe if metrics else None,
+        )
+
+    return build

@@ -1,0 +1,385 @@
+"""In-process transformers backend (CPU, or one local GPU) behind the micro-batcher.
+
+Jobs with the same sampling setup share one `generate` call: causal prompts are left-padded with an
+attention mask (transformers derives position ids from it), so a sequence decodes the same greedy
+tokens alone or in a batch. Each row keeps its own `max_tokens` and stop strings through a per-row
+stopping criterion; streamed rows get their tokens from a batch-aware streamer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.generation.streamers import BaseStreamer
+from transformers.utils import logging as hf_logging
+
+from distillery_gateway.engine.backend import Backend
+from distillery_gateway.engine.batcher import Job, MicroBatcher
+from distillery_gateway.engine.codec import Codec
+from distillery_gateway.engine.text import IncrementalText, cut_at_stop
+from distillery_gateway.engine.types import Choice, Delta, Generation, SamplingParams, TokenLogprob
+
+log = logging.getLogger(__name__)
+hf_logging.disable_progress_bar()
+
+Sink = Callable[[Delta], None]
+_END = object()
+# from_pretrained is not thread-safe (it builds on a process-wide meta-device context): one at a time.
+_LOAD_LOCK = threading.Lock()
+
+
+@dataclass
+class _Generate:
+    prompt_ids: list[int]
+    params: SamplingParams
+    sink: Sink | None = None
+
+
+@dataclass
+class _Score:
+    prompt_ids: list[int]
+    continuations: list[list[int]]
+
+
+@dataclass
+class _Row:
+    """One sequence of a batch: choice `index` of `job`."""
+
+    job: Job
+    index: int
+    params: SamplingParams
+    sink: Sink | None
+    stream: IncrementalText | None = None
+    generated: int = 0
+    done: bool = False
+    stop_at: int | None = None  # tokens generated when a stop string completed
+
+
+class _RowStopper(StoppingCriteria):
+    """Per-row end: the row's own max_tokens, its stop strings, or its caller going away."""
+
+    def __init__(self, rows: list[_Row], prefix: int, decode: Callable[[list[int]], str]):
+        self.rows, self.prefix, self.decode = rows, prefix, decode
+
+    def __call__(self, input_ids: torch.LongTensor, scores: object, **kwargs: object) -> torch.BoolTensor:
+        generated = input_ids.shape[1] - self.prefix
+        flags = []
+        for i, row in enumerate(self.rows):
+            done = generated >= row.params.max_tokens or row.job.cancelled or row.stop_at is not None
+            if not done and row.params.stop:
+                text = self.decode(input_ids[i, self.prefix :].tolist())
+                if cut_at_stop(text, row.params.stop)[1]:
+                    row.stop_at, done = generated, True
+            flags.append(done)
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowStreamer(BaseStreamer):
+    """Hands each new token of a streamed row to its IncrementalText and the text to the row's sink."""
+
+    def __init__(self, rows: list[_Row], eos: set[int]):
+        self.rows, self.eos, self.seen_prompt = rows, eos, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:  # generate() first pushes the prompt (or the decoder start token)
+            self.seen_prompt = True
+            return
+        for row, token in zip(self.rows, value.reshape(-1).tolist(), strict=True):
+            if row.sink is None or row.done:
+                continue
+            if token in self.eos or row.job.cancelled:
+                row.done = True
+                continue
+            assert row.stream is not None
+            piece = row.stream.push(token)
+            row.generated += 1
+            if piece:
+                row.sink(Delta(row.index, piece))
+            if row.stream.stopped or row.generated >= row.params.max_tokens:
+                row.done = True
+
+    def end(self) -> None:
+        pass
+
+
+class _JobStream:
+    """The deltas of one queued job, then its Generation; closing it early cancels the job."""
+
+    def __init__(self, batcher: MicroBatcher, job: Job, future: asyncio.Future, queue: asyncio.Queue):
+        self.batcher, self.job, self.future, self.queue = batcher, job, future, queue
+        self.finished = False
+
+    def __aiter__(self) -> _JobStream:
+        return self
+
+    async def __anext__(self) -> Delta | Generation:
+        if self.finished:
+            raise StopAsyncIteration
+        item = await self.queue.get()
+        if item is _END:
+            self.finished = True
+            return self.future.result()
+        return item
+
+    async def aclose(self) -> None:
+        if not self.future.done():
+            self.batcher.cancel(self.job)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class TransformersBackend(Backend):
+    """A student loaded with transformers; batched generation on a dedicated thread."""
+
+    kind = "transformers"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        batch_max_size: int = 16,
+        batch_wait_ms: float = 5.0,
+        queue_size: int = 256,
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        self.codec = Codec(path)
+        config = AutoConfig.from_pretrained(str(path))
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        self.device = _device()
+        with _LOAD_LOCK:
+            self.model = auto.from_pretrained(str(path), dtype=torch.float32).to(self.device).eval()
+        self.seq2seq = self.codec.seq2seq
+        self.eos = set(self.codec.eos_ids)
+        self.batcher = MicroBatcher(
+            self._run,
+            max_rows=batch_max_size,
+            wait_s=batch_wait_ms / 1000,
+            max_queue=queue_size,
+            name="generate",
+            on_batch=on_batch,
+        )
+
+    @property
+    def queue_depth(self) -> int:
+        return self.batcher.depth
+
+    # --- the async side -------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(params: SamplingParams) -> Hashable:
+        # Rows of one generate() share the sampling setup; a seeded request runs alone, since a shared
+        # random stream would make its result depend on its batch companions.
+        if params.seed is not None and not params.greedy:
+            return ("seed", object())
+        sampling = ("greedy",) if params.greedy else ("sample", params.temperature, params.top_p)
+        return (*sampling, params.logprobs is not None or params.echo)
+
+    async def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Generation:
+        job = Job(self._key(params), params.n, _Generate(list(prompt_ids), params))
+        return await self.batcher.submit(job)
+
+    def stream(self, prompt_ids: Sequence[int], params: SamplingParams) -> AsyncIterator[Delta | Generation]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def sink(delta: Delta) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, delta)
+
+        job = Job(self._key(params), params.n, _Generate(list(prompt_ids), params, sink))
+        future = self.batcher.enqueue(job)  # QueueFull here, before any response is started
+        future.add_done_callback(lambda _: queue.put_nowait(_END))
+        return _JobStream(self.batcher, job, future, queue)
+
+    async def score(
+        self, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
+        job = Job(("score",), len(continuations), _Score(list(prompt_ids), [list(c) for c in continuations]))
+        return await self.batcher.submit(job)
+
+    async def aclose(self) -> None:
+        await self.batcher.close()
+        del self.model
+
+    # --- the generate thread ----------------------------------------------------------------------
+
+    def _run(self, jobs: Sequence[Job]) -> None:
+        if isinstance(jobs[0].payload, _Score):
+            with torch.inference_mode():
+                for job in jobs:
+                    p = job.payload
+                    job.resolve(
+                        [
+                            lp
+                            for lp, _ in self._logprobs(
+                                [p.prompt_ids] * len(p.continuations), p.continuations
+                            )
+                        ]
+                    )
+            return
+        self._generate(jobs)
+
+    def _pad(self, seqs: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        pad = self.codec.pad_id
+        ids = [[pad] * (width - len(s)) + s if left else s + [pad] * (width - len(s)) for s in seqs]
+        mask = [
+            [0] * (width - len(s)) + [1] * len(s) if left else [1] * len(s) + [0] * (width - len(s))
+            for s in seqs
+        ]
+        return torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device)
+
+    def _generation_config(self, params: SamplingParams, max_new: int, want_logits: bool) -> GenerationConfig:
+        config = GenerationConfig.from_dict(self.model.generation_config.to_dict())
+        config.update(
+            max_new_tokens=max_new,
+            min_new_tokens=None,
+            do_sample=not params.greedy,
+            temperature=None if params.greedy else params.temperature,
+            top_p=None if params.greedy else params.top_p,
+            top_k=None,
+            num_beams=1,
+            pad_token_id=self.codec.pad_id,
+            eos_token_id=sorted(self.eos),
+            return_dict_in_generate=True,
+            output_logits=want_logits,
+            output_scores=False,
+        )
+        return config
+
+    def _generate(self, jobs: Sequence[Job]) -> None:
+        rows: list[_Row] = []
+        for job in jobs:
+            p: _Generate = job.payload
+            for index in range(p.params.n):
+                stream = IncrementalText(self.codec, p.params.stop) if p.sink else None
+                rows.append(_Row(job, index, p.params, p.sink, stream))
+        prompts = [r.job.payload.prompt_ids for r in rows]
+        input_ids, mask = self._pad(prompts, left=not self.seq2seq)
+        prefix = 1 if self.seq2seq else input_ids.shape[1]
+        first = rows[0].params
+        want_logits = any(r.params.logprobs is not None for r in rows)
+        config = self._generation_config(first, max(r.params.max_tokens for r in rows), want_logits)
+        stopper = _RowStopper(rows, prefix, lambda ids: self.codec.decode(ids))
+        streamer = _RowStreamer(rows, self.eos) if any(r.sink for r in rows) else None
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            if first.seed is not None:
+                torch.manual_seed(first.seed)
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([stopper]),
+                streamer=streamer,
+            )
+        sequences = out.sequences[:, prefix:].tolist()
+        choices = [
+            self._choice(row, seq, i, out.logits)
+            for i, (row, seq) in enumerate(zip(rows, sequences, strict=False))
+        ]
+        start = 0
+        for job in jobs:
+            p = job.payload
+            mine = choices[start : start + p.params.n]
+            job_rows = rows[start : start + p.params.n]
+            start += p.params.n
+            if p.sink is not None:
+                for row, choice in zip(job_rows, mine, strict=True):
+                    assert row.stream is not None
+                    p.sink(Delta(row.index, row.stream.finish(choice.text), choice.finish_reason))
+            prompt_logprobs = None
+            if p.params.echo and p.params.logprobs is not None:
+                prompt_logprobs = self._prompt_logprobs(p.prompt_ids, p.params.logprobs)
+            job.resolve(Generation(mine, len(p.prompt_ids), prompt_logprobs))
+
+    def _choice(self, row: _Row, seq: list[int], i: int, logits: tuple[torch.Tensor, ...] | None) -> Choice:
+        ids = seq[: row.params.max_tokens]
+        end = next((k for k, t in enumerate(ids) if t in self.eos), None)
+        if row.stop_at is not None and (end is None or row.stop_at <= end):
+            text, _ = cut_at_stop(self.codec.decode(ids[: row.stop_at]), row.params.stop)
+            kept, reason = row.stop_at, "stop"
+        elif end is not None:
+            text, kept, reason = self.codec.decode(ids[:end]), end + 1, "stop"
+        else:
+            text, kept, reason = self.codec.decode(ids), len(ids), "length"
+        choice = Choice(text, reason, kept)
+        if row.params.logprobs is not None and logits is not None:
+            choice.logprobs = []
+            for step, token in enumerate(ids[:kept]):
+                lp = torch.log_softmax(logits[step][i].float(), dim=-1)
+                choice.logprobs.append(self._token_logprob(lp, token, row.params.logprobs))
+        return choice
+
+    def _token_logprob(self, lp: torch.Tensor, token: int, top: int) -> TokenLogprob:
+        alternatives: dict[str, float] = {}
+        if top > 0:
+            values, indices = lp.topk(top)
+            alternatives = {
+                self.codec.token_text(t): v for v, t in zip(values.tolist(), indices.tolist(), strict=False)
+            }
+        return TokenLogprob(self.codec.token_text(token), float(lp[token]), alternatives)
+
+    def _prompt_logprobs(self, prompt: list[int], top: int) -> list[TokenLogprob]:
+        """Logprobs of the prompt's own tokens (the first has none), for `echo` with `logprobs`."""
+        if self.seq2seq or len(prompt) < 2:
+            return [TokenLogprob(self.codec.token_text(t), None) for t in prompt]
+        with torch.inference_mode():
+            [(values, tops)] = self._logprobs([prompt[:1]], [prompt[1:]], top)
+        first = TokenLogprob(self.codec.token_text(prompt[0]), None)
+        rest = [
+            TokenLogprob(self.codec.token_text(t), v, {self.codec.token_text(k): x for k, x in alt.items()})
+            for t, v, alt in zip(prompt[1:], values, tops, strict=True)
+        ]
+        return [first, *rest]
+
+    def _logprobs(
+        self, prompts: list[list[int]], conts: list[list[int]], top: int = 0
+    ) -> list[tuple[list[float], list[dict[int, float]]]]:
+        """Per continuation: each token's logprob after its prompt, and the `top` alternatives there."""
+        if self.seq2seq:
+            enc_ids, enc_mask = self._pad(prompts, left=False)
+            labels, _ = self._pad(conts, left=False)
+            labels[labels == self.codec.pad_id] = -100
+            for i, c in enumerate(conts):  # a real pad id inside a target is a target token
+                labels[i, : len(c)] = torch.tensor(c, device=self.device)
+            logits = self.model(input_ids=enc_ids, attention_mask=enc_mask, labels=labels).logits
+            steps = [(i, list(range(len(c)))) for i, c in enumerate(conts)]
+        else:
+            # Left padding puts every continuation at the end, so only the last positions need logits.
+            seqs = [p + c for p, c in zip(prompts, conts, strict=True)]
+            ids, mask = self._pad(seqs, left=True)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            keep = max(len(c) for c in conts) + 1
+            logits = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
+            ).logits
+            # Position j of the kept logits predicts the token at width - keep + j + 1.
+            steps = [(i, [keep - 1 - len(c) + k for k in range(len(c))]) for i, c in enumerate(conts)]
+        results = []
+        for (i, positions_i), cont in zip(steps, conts, strict=True):
+            lp = torch.log_softmax(logits[i, positions_i].float(), dim=-1)
+            chosen = lp.gather(-1, torch.tensor(cont, device=lp.device)[:, None])[:, 0].tolist()
+            tops: list[dict[int, float]] = [{} for _ in cont]
+            if top > 0:
+                values, indices = lp.topk(top, dim=-1)
+                tops = [
+                    dict(zip(ix, vs, strict=True))
+                    for ix, vs in zip(indices.tolist(), values.tolist(), strict=False)
+                ]
+            results.append((chosen, tops))
+        return results

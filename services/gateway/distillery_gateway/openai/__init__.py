@@ -1,0 +1,1 @@
+"""OpenAI-compatible endpoints, laid out as vLLM lays out `vllm/entrypoints/openai`."""

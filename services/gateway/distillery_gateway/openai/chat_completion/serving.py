@@ -1,0 +1,196 @@
+"""POST /v1/chat/completions against the served student (its chat template renders the messages)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+from fastapi.responses import Response
+
+from distillery_gateway.engine.types import Delta, Generation, SamplingParams
+from distillery_gateway.engine.types import TokenLogprob as EngineLogprob
+from distillery_gateway.errors import APIError
+from distillery_gateway.openai.chat_completion.protocol import (
+    AssistantMessage,
+    ChatCompletionChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatMessage,
+    ChoiceLogprobs,
+    DeltaMessage,
+    TextContentPart,
+    TokenLogprob,
+    TopLogprob,
+)
+from distillery_gateway.openai.protocol import UsageInfo
+from distillery_gateway.serving_base import ServingBase, engine_errors, new_id, now
+
+
+def message_text(message: ChatMessage, index: int) -> str:
+    """The text of a message; non-text parts are refused (the student reads text only)."""
+    if message.content is None:
+        return ""
+    if isinstance(message.content, str):
+        return message.content
+    texts = []
+    for part in message.content:
+        if not isinstance(part, TextContentPart):
+            raise APIError(
+                400,
+                f"messages.{index}.content: '{part.type}' parts are not supported (accepted: text)",
+                param=f"messages.{index}.content",
+                code="unsupported_content",
+            )
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+def chat_logprobs(tokens: list[EngineLogprob] | None) -> ChoiceLogprobs | None:
+    if tokens is None:
+        return None
+    content = [
+        TokenLogprob(
+            token=t.token,
+            logprob=t.logprob if t.logprob is not None else 0.0,
+            bytes=list(t.token.encode()),
+            top_logprobs=[TopLogprob(token=k, logprob=v, bytes=list(k.encode())) for k, v in t.top.items()],
+        )
+        for t in tokens
+    ]
+    return ChoiceLogprobs(content=content)
+
+
+class ChatServing(ServingBase):
+    def check_supported(self, req: ChatCompletionRequest) -> None:
+        if req.tools:
+            raise self.unsupported("tools", "null or []")
+        if req.tool_choice not in (None, "none"):
+            raise self.unsupported("tool_choice", "null or 'none'")
+        if req.response_format is not None and req.response_format.type != "text":
+            raise self.unsupported("response_format", "{'type': 'text'}")
+        if req.logit_bias:
+            raise self.unsupported("logit_bias", "null or {}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(req, name):
+                raise self.unsupported(name, "0")
+        if req.top_logprobs is not None and not req.logprobs:
+            raise APIError(
+                400, "top_logprobs: needs logprobs set to true", param="top_logprobs", code="invalid_value"
+            )
+        if req.stream and req.logprobs:
+            raise self.unsupported("logprobs", "false when stream is true")
+        for i, message in enumerate(req.messages):
+            if message.tool_calls:
+                raise self.unsupported(f"messages.{i}.tool_calls", "null or []")
+
+    def params(self, req: ChatCompletionRequest, max_tokens: int) -> SamplingParams:
+        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+        temperature = req.temperature if req.temperature is not None else 1.0
+        top_p = req.top_p if req.top_p is not None else 1.0
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=0.0 if top_p == 0.0 else temperature,
+            top_p=top_p or 1.0,
+            stop=stop,
+            seed=req.seed,
+            n=req.n or 1,
+            logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+        )
+
+    async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | Response:
+        self.check_supported(req)
+        messages = [{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(req.messages)]
+        stack = AsyncExitStack()
+        streaming = False
+        try:
+            served, backend = await self.lease(stack, req.model)
+            try:
+                prompt_ids = backend.codec.chat_ids(messages)
+            except Exception as exc:  # a template may refuse e.g. roles out of order
+                raise APIError(
+                    400,
+                    f"messages: the model's chat template rejected them: {exc}",
+                    param="messages",
+                    code="invalid_value",
+                ) from None
+            wanted = req.max_completion_tokens or req.max_tokens
+            params = self.params(req, self.max_tokens(backend, len(prompt_ids), wanted, "messages"))
+            if req.stream:
+                with engine_errors(self.manager):
+                    stream = backend.stream(prompt_ids, params)
+                stack.push_async_callback(stream.aclose)
+                streaming = True
+                include_usage = bool(req.stream_options and req.stream_options.include_usage)
+                return self.sse(stack, self._events(served.id, params, stream, include_usage))
+            with engine_errors(self.manager):
+                gen = await backend.generate(prompt_ids, params)
+            return self._response(served.id, gen)
+        finally:
+            if not streaming:
+                await stack.aclose()
+
+    def _response(self, model: str, gen: Generation) -> ChatCompletionResponse:
+        choices = [
+            ChatCompletionChoice(
+                index=i,
+                message=AssistantMessage(content=c.text),
+                finish_reason=c.finish_reason,
+                logprobs=chat_logprobs(c.logprobs),
+            )
+            for i, c in enumerate(gen.choices)
+        ]
+        self.count_tokens(gen.prompt_tokens, gen.completion_tokens)
+        usage = UsageInfo(
+            prompt_tokens=gen.prompt_tokens,
+            completion_tokens=gen.completion_tokens,
+            total_tokens=gen.prompt_tokens + gen.completion_tokens,
+        )
+        return ChatCompletionResponse(
+            id=new_id("chatcmpl"), created=now(), model=model, choices=choices, usage=usage
+        )
+
+    async def _events(
+        self,
+        model: str,
+        params: SamplingParams,
+        stream: AsyncIterator[Delta | Generation],
+        include_usage: bool,
+    ) -> AsyncIterator[ChatCompletionStreamResponse]:
+        rid, created = new_id("chatcmpl"), now()
+
+        def chunk(choices: list[ChatCompletionStreamChoice], usage: UsageInfo | None = None):
+            return ChatCompletionStreamResponse(
+                id=rid, created=created, model=model, choices=choices, usage=usage
+            )
+
+        # OpenAI opens each choice with the role and an empty content.
+        yield chunk(
+            [
+                ChatCompletionStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
+                for i in range(params.n)
+            ]
+        )
+        gen: Generation | None = None
+        async for item in stream:
+            if isinstance(item, Generation):
+                gen = item
+            elif item.text or item.finish_reason:
+                delta = DeltaMessage(content=item.text) if item.text else DeltaMessage()
+                yield chunk(
+                    [
+                        ChatCompletionStreamChoice(
+                            index=item.index, delta=delta, finish_reason=item.finish_reason
+                        )
+                    ]
+                )
+        if gen is not None:
+            self.count_tokens(gen.prompt_tokens, gen.completion_tokens)
+            if include_usage:
+                usage = UsageInfo(
+                    prompt_tokens=gen.prompt_tokens,
+                    completion_tokens=gen.completion_tokens,
+                    total_tokens=gen.prompt_tokens + gen.completion_tokens,
+                )
+                yield chunk([], usage)

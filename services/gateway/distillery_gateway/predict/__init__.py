@@ -1,0 +1,1 @@
+"""POST /v1/predict: multiple-choice answers from the student, in the trainer's input format."""

@@ -1,0 +1,33 @@
+"""POST /v1/predict and /v1/predict/batch (scope `infer`)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from distillery_gateway.deps import require_scope
+from distillery_gateway.errors import ErrorResponse
+from distillery_gateway.predict.protocol import (
+    BatchPrediction,
+    BatchPredictRequest,
+    Prediction,
+    PredictRequest,
+)
+
+router = APIRouter(tags=["predict"], dependencies=[require_scope("infer")])
+
+RESPONSES = {
+    404: {"model": ErrorResponse, "description": "The model is not served here."},
+    503: {"model": ErrorResponse, "description": "Busy (queue full) or loading: retry after `Retry-After`."},
+}
+
+
+@router.post("/v1/predict", response_model=Prediction, responses=RESPONSES)
+async def predict(body: PredictRequest, request: Request) -> Prediction:
+    """Answer one multiple-choice question: a valid option index, optionally with a rationale."""
+    return await request.app.state.serving_predict.predict(body)
+
+
+@router.post("/v1/predict/batch", response_model=BatchPrediction, responses=RESPONSES)
+async def predict_batch(body: BatchPredictRequest, request: Request) -> BatchPrediction:
+    """Answer several questions in one request; they share batched generate calls."""
+    return await request.app.state.serving_predict.predict_batch(body)

@@ -1,0 +1,131 @@
+"""Multiple-choice answers from the student, prompted exactly as the trainer prompted it.
+
+The answer task input is `student_input(example, answer_prefix)` wrapped by the trainer's encoder; the
+greedy answer is mapped to an option with `parse_answer`. When it names no option, the option whose
+answer target (`(b) text`) the model finds most likely per token is chosen, so `answer_index` is always
+valid. Every question of a batch goes to the engine at once, so they share batched generate calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+from dataclasses import replace
+
+from distillery.prompts import answer_target, parse_answer, student_input, teacher_prefix
+from distillery.records import OPTION_LETTERS, Example
+from distillery_gateway.engine.backend import Backend
+from distillery_gateway.engine.types import SamplingParams
+from distillery_gateway.errors import APIError
+from distillery_gateway.predict.protocol import (
+    BatchPrediction,
+    BatchPredictRequest,
+    Prediction,
+    PredictItem,
+    PredictRequest,
+)
+from distillery_gateway.serving_base import ServingBase, engine_errors
+
+ANSWER_TOKENS = 32  # a target is one line, `(b) option text`; the letter comes first
+DEFAULT_TEACHER = "llama-2-7b-chat"  # the paper's `rationale: ` prefix, for students without teachers
+
+
+def explain_prefix(backend: Backend, teacher: str | None, param: str) -> str:
+    """The rationale prefix of `teacher` (one the student was trained with), or of its first teacher."""
+    known = backend.codec.teacher_prefixes
+    if teacher is None:
+        return next(iter(known.values())) if known else teacher_prefix(DEFAULT_TEACHER)
+    if known and teacher not in known:
+        raise APIError(
+            422,
+            f"{param}: the served model was trained with teachers {sorted(known)}, not '{teacher}'",
+            param=param,
+            code="invalid_value",
+        )
+    return known.get(teacher) or teacher_prefix(teacher)
+
+
+class PredictServing(ServingBase):
+    async def predict(self, req: PredictRequest) -> Prediction:
+        async with AsyncExitStack() as stack:
+            served, backend = await self.lease(stack, req.model)
+            with engine_errors(self.manager):
+                return await self._answer(backend, served.id, req, req.max_rationale_tokens, "teacher")
+
+    async def predict_batch(self, req: BatchPredictRequest) -> BatchPrediction:
+        limit = self.settings.predict_max_items
+        if len(req.items) > limit:
+            raise APIError(
+                422,
+                f"items: at most {limit} items per request (got {len(req.items)}); split the batch",
+                param="items",
+                code="too_many_items",
+            )
+        started = time.perf_counter()
+        async with AsyncExitStack() as stack:
+            served, backend = await self.lease(stack, req.model)
+            for i, item in enumerate(req.items):  # validate all before generating anything
+                if item.explain:
+                    explain_prefix(backend, item.teacher, f"items.{i}.teacher")
+            with engine_errors(self.manager):
+                answers = await asyncio.gather(
+                    *(
+                        self._answer(backend, served.id, item, req.max_rationale_tokens, f"items.{i}.teacher")
+                        for i, item in enumerate(req.items)
+                    )
+                )
+        return BatchPrediction(data=answers, model=served.id, latency_ms=_ms(started))
+
+    async def _answer(
+        self, backend: Backend, model: str, item: PredictItem, rationale_tokens: int, teacher_param: str
+    ) -> Prediction:
+        started = time.perf_counter()
+        codec = backend.codec
+        example = Example(
+            id="request", question=item.question, options=tuple(item.options), answer=0, context=item.context
+        )
+        prompt = codec.task_ids(student_input(example, codec.answer_prefix))
+        greedy = SamplingParams(max_tokens=ANSWER_TOKENS, temperature=0.0, stop=("\n",))
+        calls = [backend.generate(prompt, greedy)]
+        if item.explain:
+            prefix = explain_prefix(backend, item.teacher, teacher_param)
+            rationale_prompt = codec.task_ids(student_input(example, prefix))
+            calls.append(
+                backend.generate(
+                    rationale_prompt, SamplingParams(max_tokens=rationale_tokens, temperature=0.0)
+                )
+            )
+        generations = await asyncio.gather(*calls)
+        self.count_tokens(
+            sum(g.prompt_tokens for g in generations), sum(g.completion_tokens for g in generations)
+        )
+        index = parse_answer(generations[0].choices[0].text, item.options)
+        method = "generation"
+        if index is None:
+            index, method = await self._most_likely(backend, prompt, example), "likelihood"
+        self.metrics.predictions.labels(method).inc()
+        return Prediction(
+            answer_index=index,
+            answer=item.options[index],
+            answer_letter=OPTION_LETTERS[index],
+            method=method,
+            rationale=generations[1].choices[0].text.strip() if item.explain else None,
+            model=model,
+            latency_ms=_ms(started),
+        )
+
+    @staticmethod
+    async def _most_likely(backend: Backend, prompt: list[int], example: Example) -> int:
+        """The option whose answer target has the highest mean token log-probability."""
+        targets = [
+            backend.codec.target_ids(answer_target(replace(example, answer=i)))
+            for i in range(len(example.options))
+        ]
+        scores = await backend.score(prompt, targets)
+        means = [sum(s) / max(len(s), 1) for s in scores]
+        return max(range(len(means)), key=lambda i: (means[i], -i))
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

@@ -1,0 +1,1 @@
+"""The model registry: list, register and promote student versions (hot swap)."""

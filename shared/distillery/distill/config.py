@@ -1,0 +1,179 @@
+"""A training run's configuration: the request body of POST /v1/training-runs and of `distillery train`.
+
+Field checks that need no database live here (pydantic); checks against stored data (does the dataset,
+the job, the teacher exist, are there rationales) are in `distillery.distill.checks`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+
+METHODS = ("tinyllm", "label_ft", "lora", "inference_only")
+Method = Literal["tinyllm", "label_ft", "lora", "inference_only"]
+Split = Literal["train", "dev", "test"]  # distillery.datasets.SPLITS
+DEFAULT_ALPHA = 0.5
+
+
+class _Strict(BaseModel):
+    # Unknown fields are an error (a typo must not fall back to a default); NaN/inf are no numbers.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Names and ids: printable, bounded (they end up in SQL parameters and file paths).
+Name = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
+MAX_COUNT = 100_000_000
+
+
+class LoraParams(_Strict):
+    """PEFT LoRA adapter; merged into the base weights when the model is exported."""
+
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1, le=4096)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[Name] | Literal["all-linear"] = "all-linear"
+
+
+class Hyperparameters(_Strict):
+    """Optimiser, schedule, lengths and checkpointing (paper: AdamW, lr 5e-5, batch 16, 1 epoch)."""
+
+    learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
+    epochs: float = Field(1.0, gt=0.0, le=1000.0)
+    max_steps: int = Field(
+        -1, ge=-1, le=MAX_COUNT, description="Stop after this many optimiser steps (-1 = epochs decide)."
+    )
+    batch_size: int = Field(
+        8, ge=1, le=4096, description="Training examples per device step (each 1 + M tasks)."
+    )
+    grad_accum: int = Field(1, ge=1, le=1024)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    lr_scheduler: Literal["linear", "constant", "constant_with_warmup", "cosine"] = "linear"
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1e6)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    max_input_tokens: int = Field(512, ge=8, le=32768, description="Cap on the task input's content tokens.")
+    max_target_tokens: int = Field(128, ge=4, le=8192, description="Cap on target (rationale) tokens.")
+    save_steps: int = Field(
+        50, ge=1, le=MAX_COUNT, description="Checkpoint every this many steps (resume point)."
+    )
+    save_total_limit: int = Field(2, ge=1, le=100)
+    logging_steps: int = Field(5, ge=1, le=MAX_COUNT)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 on a GPU that supports it, fp32 on CPU (bf16 is slow on CPUs)."
+    )
+
+
+class DataFilters(_Strict):
+    """Which rationales become teacher tasks."""
+
+    drop_truncated: bool = Field(False, description="Skip rationales flagged truncated.")
+    drop_disagreeing: bool = Field(True, description="Skip rationales that state a non-gold answer.")
+    clean: bool = Field(
+        True, description="Cut invented follow-up items and the 'Let's think step by step.' lead-in."
+    )
+    samples_per_teacher: int = Field(
+        1, ge=1, le=64, description="Rationales per example and teacher (at most)."
+    )
+    shuffle_options: bool = Field(
+        False,
+        description="Shuffle option order (seeded per example) in the answer task, against a learned letter "
+        "prior; rationale tasks keep the original order their rationales refer to.",
+    )
+
+
+class EvalParams(_Strict):
+    """Evaluation after training (or alone, for inference_only)."""
+
+    split: Split | None = Field("dev", description="Split to evaluate on; null = no evaluation.")
+    limit: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="First N questions of the split (same ones for every run)."
+    )
+    batch_size: int = Field(16, ge=1, le=1024)
+    max_new_tokens: int = Field(32, ge=1, le=1024)
+    likelihood: bool = Field(True, description="Also score options by length-normalised likelihood.")
+    calibrate: bool = Field(True, description="Also calibrate option scores against a content-free prompt.")
+    explain: int = Field(
+        0, ge=0, le=1000, description="Generate teacher-prefixed explanations for N questions."
+    )
+
+
+class TrainConfig(_Strict):
+    """Everything a training run needs; stored verbatim in training_run.config."""
+
+    student: Name = Field(..., description="Known model name (smollm2-135m ...) or HF model dir.")
+    method: Method = "tinyllm"
+    dataset: Name = Field(...)
+    split: Split = "train"
+    limit: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="Train on the first N examples of the split."
+    )
+    rationale_jobs: list[Name] = Field(
+        default_factory=list, description="Rationale job ids to take rationales from."
+    )
+    teachers: list[Name] | None = Field(
+        None, description="Teacher names (e.g. precomputed flan-t5-xl); default: every teacher of the jobs."
+    )
+    alphas: dict[Name, Annotated[float, Field(ge=0.0, le=1000.0)]] = Field(
+        default_factory=dict, description="alpha_m per teacher name."
+    )
+    alpha: float = Field(
+        DEFAULT_ALPHA, ge=0.0, le=1000.0, description="alpha of teachers absent from `alphas`."
+    )
+    answer_weight: float = Field(1.0, ge=0.0, le=1000.0, description="w_A, the weight of the answer task.")
+    lora: LoraParams | None = Field(
+        None, validate_default=True, description="LoRA adapter (default one for method lora)."
+    )
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    filters: DataFilters = Field(default_factory=DataFilters)
+    eval: EvalParams = Field(default_factory=EvalParams)
+    model_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$", description="Registry name of the trained model."
+    )
+
+    @field_validator("rationale_jobs", "teachers")
+    @classmethod
+    def _no_duplicates(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("must not repeat an entry")
+        if info.field_name == "teachers" and value == [] and info.data.get("method") == "tinyllm":
+            raise ValueError("method 'tinyllm' needs at least one teacher (or leave it unset: all teachers)")
+        return value
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas_of_teachers(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        teachers = info.data.get("teachers")
+        unknown = sorted(set(value) - set(teachers)) if teachers is not None else []
+        if unknown:
+            raise ValueError(f"names {unknown} are not among teachers {teachers}")
+        return value
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_fits_method(cls, value: LoraParams | None, info: ValidationInfo) -> LoraParams | None:
+        method = info.data.get("method")
+        if value is not None and method in ("label_ft", "inference_only"):
+            raise ValueError(f"not used by method '{method}' (LoRA goes with method 'lora' or 'tinyllm')")
+        return LoraParams() if value is None and method == "lora" else value
+
+    @field_validator("eval")
+    @classmethod
+    def _eval_for_inference_only(cls, value: EvalParams, info: ValidationInfo) -> EvalParams:
+        if info.data.get("method") == "inference_only" and value.split is None:
+            raise ValueError("method 'inference_only' only evaluates, so eval.split must be a split")
+        return value
+
+    @property
+    def trains(self) -> bool:
+        return self.method != "inference_only"
+
+    @property
+    def uses_teachers(self) -> bool:
+        return self.method == "tinyllm"
+
+    def alpha_of(self, teacher: str) -> float:
+        return self.alphas.get(teacher, self.alpha)
+
+    def registry_name(self) -> str:
+        return self.model_name or f"{self.dataset}-{self.method}"

@@ -1,0 +1,305 @@
+"""Accuracy of a student on multiple-choice questions, two ways, with per-question predictions.
+
+1. Generation: the student answers the answer-task prompt (greedy, batched; left padding for causal
+   models) and `distillery.prompts.parse_answer` maps the text to an option — a parenthesised or bare
+   letter, or the exact text of one option after `normalize_answer` (lowercase, no punctuation, no
+   articles). Unparseable answers count as wrong and show up as `none` in the letter distribution.
+2. Option likelihood: each option's answer target `(x) option text` is scored by its mean token
+   log-probability under the same prompt (length-normalised), and the best-scoring option is the
+   prediction. Calibrated: the same score minus the score under a content-free prompt (question
+   "N/A", same options, no context), which removes the student's prior for a letter or an option text.
+
+The predicted-letter distribution is reported next to accuracy: a student that always answers "(a)"
+has an accuracy near the gold share of "a", and only the distribution reveals it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from distillery.distill.encoding import StudentEncoder
+from distillery.distill.loss import token_nll
+from distillery.distill.trainer import decoder_inputs
+from distillery.prompts import ANSWER_PREFIX, answer_target, parse_answer, student_input
+from distillery.records import OPTION_LETTERS, Example
+
+CONTENT_FREE = "N/A"
+
+
+@dataclass
+class EvalOptions:
+    batch_size: int = 16
+    max_new_tokens: int = 32
+    likelihood: bool = True
+    calibrate: bool = True
+    explain: int = 0  # questions to also ask for an explanation, per teacher prefix
+    explain_tokens: int = 128
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    predictions: list[dict] = field(default_factory=list)
+
+    def write_predictions(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        with partial.open("w", encoding="utf-8") as fh:
+            for row in self.predictions:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        partial.replace(path)
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _device(model: PreTrainedModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def _right_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def generate(
+    model: PreTrainedModel, encoder: StudentEncoder, prompts: list[str], max_new_tokens: int
+) -> list[str]:
+    """Greedy continuations of `prompts` (one batch), special tokens dropped."""
+    tok = encoder.tokenizer
+    rows = [encoder.prompt_ids(p) for p in prompts]
+    pad = tok.pad_token_id
+    ids, mask = (_right_pad if encoder.seq2seq else _left_pad)(rows, pad)
+    device = _device(model)
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=encoder.stop_token_ids,
+        pad_token_id=pad,
+    )
+    new = out if encoder.seq2seq else out[:, ids.shape[1] :]
+    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+
+
+@torch.inference_mode()
+def target_logprobs(
+    model: PreTrainedModel, encoder: StudentEncoder, pairs: list[tuple[str, str]]
+) -> list[float]:
+    """Mean log-probability per target token of each (prompt, target), the end token excluded."""
+    encoded = []
+    for prompt, target in pairs:
+        ids, labels = encoder.encode(prompt, target)
+        # Score the option text only: the end token says nothing about which option is right.
+        last = max(i for i, v in enumerate(labels) if v >= 0)
+        if labels[last] in encoder.stop_token_ids:
+            labels = labels[:last] + [-100] * (len(labels) - last)
+        encoded.append((ids, labels))
+    device = _device(model)
+    ids, mask = _right_pad([e[0] for e in encoded], encoder.tokenizer.pad_token_id)
+    labels, _ = _right_pad([e[1] for e in encoded], -100)
+    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+    kwargs = {"input_ids": ids, "attention_mask": mask}
+    if encoder.seq2seq:
+        kwargs["decoder_input_ids"] = decoder_inputs(model, labels)
+    logits = model(**kwargs).logits
+    nll, scored = token_nll(logits, labels, causal=not encoder.seq2seq)
+    return (-(nll * scored).sum(1) / scored.sum(1).clamp(min=1)).tolist()
+
+
+def _scored_ids(encoder: StudentEncoder, target: str) -> list[int]:
+    ids = encoder.target_ids(target)
+    # Score the option text only: the end token says nothing about which option is right.
+    return ids[:-1] if len(ids) > 1 and ids[-1] in encoder.stop_token_ids else ids
+
+
+@torch.inference_mode()
+def shared_prompt_logprobs(
+    model: PreTrainedModel, encoder: StudentEncoder, prompt: str, targets: list[str]
+) -> list[float]:
+    """Mean log-probability per token of each target after the same prompt, the end token excluded.
+
+    Causal students read the prompt once and score every target from its KV cache (the prompt is
+    most of the tokens, so this is several times cheaper than one full sequence per option).
+    """
+    if encoder.seq2seq:
+        return target_logprobs(model, encoder, [(prompt, t) for t in targets])
+    device = _device(model)
+    prompt_ids = torch.tensor([encoder.prompt_ids(prompt)], device=device)
+    rows = [_scored_ids(encoder, t) for t in targets]
+    head = model(input_ids=prompt_ids, use_cache=True)
+    # transformers renamed past_key_values to cache (5.2x); accept both.
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = getattr(head, name)
+    cache.batch_repeat_interleave(len(rows))
+    first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
+    ids, mask = _right_pad(rows, encoder.tokenizer.pad_token_id)
+    full_mask = torch.cat([torch.ones(len(rows), prompt_ids.shape[1], dtype=torch.long), mask], dim=1)
+    tail = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), **{name: cache})
+    logp = torch.log_softmax(tail.logits.float(), dim=-1)
+    scores = []
+    for i, row in enumerate(rows):
+        total = first[row[0]] + sum(logp[i, j - 1, row[j]] for j in range(1, len(row)))
+        scores.append(float(total) / len(row))
+    return scores
+
+
+def _option_pairs(example: Example, content_free: bool) -> list[tuple[str, str]]:
+    asked = example
+    if content_free:
+        asked = replace(example, question=CONTENT_FREE, context=None)
+    prompt = student_input(asked, ANSWER_PREFIX)
+    return [(prompt, answer_target(replace(example, answer=i))) for i in range(len(example.options))]
+
+
+def _option_scores(
+    model: PreTrainedModel, encoder: StudentEncoder, example: Example, content_free: bool
+) -> list[float]:
+    pairs = _option_pairs(example, content_free)
+    return shared_prompt_logprobs(model, encoder, pairs[0][0], [target for _, target in pairs])
+
+
+def _letter(index: int | None) -> str:
+    return "none" if index is None else OPTION_LETTERS[index]
+
+
+def _distribution(letters: list[str]) -> dict[str, int]:
+    counts = Counter(letters)
+    return {k: counts[k] for k in sorted(counts, key=lambda k: (k == "none", k))}
+
+
+def evaluate(
+    model: PreTrainedModel,
+    encoder: StudentEncoder,
+    examples: Sequence[Example],
+    options: EvalOptions | None = None,
+    explain_prefixes: dict[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Score `model` on `examples`; `progress(n)` is called after each batch with the questions done."""
+    options = options or EvalOptions()
+    was_training = model.training
+    model.eval()
+    predictions: list[dict] = []
+    for batch in _batches(list(examples), options.batch_size):
+        answers = generate(
+            model, encoder, [student_input(e, ANSWER_PREFIX) for e in batch], options.max_new_tokens
+        )
+        scores: list[list[float]] = [[] for _ in batch]
+        calibrated: list[list[float]] = [[] for _ in batch]
+        if options.likelihood:
+            for i, example in enumerate(batch):
+                scores[i] = _option_scores(model, encoder, example, content_free=False)
+                if options.calibrate:
+                    free = _option_scores(model, encoder, example, content_free=True)
+                    calibrated[i] = [a - b for a, b in zip(scores[i], free, strict=True)]
+        for i, (example, text) in enumerate(zip(batch, answers, strict=True)):
+            predicted = parse_answer(text, example.options)
+            row = {
+                "id": example.id,
+                "gold": example.answer,
+                "generated": text,
+                "predicted": predicted,
+                "correct": predicted == example.answer,
+            }
+            if scores[i]:
+                row["option_scores"] = [round(s, 5) for s in scores[i]]
+                row["likelihood_predicted"] = max(range(len(scores[i])), key=scores[i].__getitem__)
+            if calibrated[i]:
+                row["calibrated_scores"] = [round(s, 5) for s in calibrated[i]]
+                row["calibrated_predicted"] = max(range(len(calibrated[i])), key=calibrated[i].__getitem__)
+            predictions.append(row)
+        if progress is not None:
+            progress(len(batch))
+    if options.explain and explain_prefixes:
+        asked = list(examples)[: options.explain]
+        for name, prefix in explain_prefixes.items():
+            for batch_start in range(0, len(asked), options.batch_size):
+                batch = asked[batch_start : batch_start + options.batch_size]
+                texts = generate(
+                    model, encoder, [student_input(e, prefix) for e in batch], options.explain_tokens
+                )
+                for j, text in enumerate(texts):
+                    predictions[batch_start + j].setdefault("explanations", {})[name] = text
+    if was_training:
+        model.train()
+    return EvalResult(summarise(predictions), predictions)
+
+
+def summarise(predictions: list[dict]) -> dict:
+    """Accuracies (with binomial standard errors) and letter distributions of per-question predictions."""
+    n = len(predictions)
+
+    def acc(key: str) -> dict:
+        hits = sum(1 for p in predictions if p.get(key) == p["gold"])
+        value = hits / n if n else 0.0
+        return {
+            "accuracy": round(value, 4),
+            "stderr": round(math.sqrt(value * (1 - value) / n), 4) if n else 0.0,
+        }
+
+    metrics: dict = {
+        "n": n,
+        **acc("predicted"),
+        "parsed": round(sum(p["predicted"] is not None for p in predictions) / n, 4) if n else 0.0,
+        "letter_distribution": _distribution([_letter(p["predicted"]) for p in predictions]),
+        "gold_distribution": _distribution([_letter(p["gold"]) for p in predictions]),
+    }
+    if predictions and "likelihood_predicted" in predictions[0]:
+        lik = acc("likelihood_predicted")
+        metrics["likelihood_accuracy"], metrics["likelihood_stderr"] = lik["accuracy"], lik["stderr"]
+        metrics["likelihood_letter_distribution"] = _distribution(
+            [_letter(p["likelihood_predicted"]) for p in predictions]
+        )
+    if predictions and "calibrated_predicted" in predictions[0]:
+        cal = acc("calibrated_predicted")
+        metrics["calibrated_accuracy"], metrics["calibrated_stderr"] = cal["accuracy"], cal["stderr"]
+        metrics["calibrated_letter_distribution"] = _distribution(
+            [_letter(p["calibrated_predicted"]) for p in predictions]
+        )
+    return metrics
+
+
+def load_for_eval(path: str | Path) -> tuple[PreTrainedModel, bool]:
+    """A model dir loaded for inference (fp32 on CPU, bf16 on a GPU) -> (model, is_seq2seq)."""
+    from transformers import AutoConfig
+
+    from distillery.distill.trainer import load_student
+
+    seq2seq = bool(getattr(AutoConfig.from_pretrained(str(path)), "is_encoder_decoder", False))
+    cuda = torch.cuda.is_available()
+    model = load_student(
+        path, seq2seq, torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    )
+    if cuda:
+        model = model.to("cuda")
+    model.eval()
+    return model, seq2seq

@@ -1,0 +1,119 @@
+"""Real pieces for the gateway tests: the app factory served by uvicorn in a thread, keys, tiny models.
+
+Models come from `distillery.modelhub` under the default model directory (built once, then reused
+across test sessions); the tiny random Llama keeps generation cheap where behaviour allows.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import httpx
+import uvicorn
+from sqlalchemy import text
+
+from distillery import apikeys
+from distillery.config import Settings
+from distillery.modelhub import resolve_model
+from distillery.store.db import session_scope
+from distillery.store.models import Base
+
+
+@cache
+def tiny_model() -> Path:
+    """The tiny random Llama (SmolLM2 tokenizer and chat template)."""
+    return resolve_model("tiny-causal")
+
+
+def copy_model(target: Path) -> Path:
+    """A second copy of the tiny model in `target`, to register as another version."""
+    shutil.copytree(tiny_model(), target)
+    return target
+
+
+def gateway_settings(settings: Settings, **overrides: object) -> Settings:
+    """The test's settings serving the tiny model, with short timers."""
+    update: dict[str, object] = {
+        "default_model": str(tiny_model()),
+        "batch_wait_ms": 2.0,
+        "registry_poll_s": 1.0,
+    }
+    update.update(overrides)
+    return settings.model_copy(update=update)
+
+
+def make_key(database_url: str, scopes: tuple[str, ...], name: str = "test") -> str:
+    with session_scope(database_url) as session:
+        return apikeys.create_key(session, name, scopes).key
+
+
+def revoke(database_url: str, key: str) -> None:
+    key_id, _ = apikeys.split_key(key) or ("", "")
+    with session_scope(database_url) as session:
+        assert apikeys.revoke_key(session, key_id)
+
+
+def truncate_all(database_url: str) -> None:
+    """Empty every table (for module-scoped gateways, which cannot use the per-test `clean_db`)."""
+    with session_scope(database_url) as session:
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(
+    check: Callable[[], object], timeout: float = 120.0, what: str = "", interval: float = 0.1
+) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(interval)
+
+
+class LiveGateway:
+    """`create_app(settings)` behind a real uvicorn on a free port, in a thread; ready when /readyz is."""
+
+    def __init__(self, settings: Settings, wait_ready: bool = True):
+        from distillery_gateway.app import create_app
+
+        self.app = create_app(settings=settings)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name=f"gateway-{self.port}", daemon=True)
+        self.wait_ready = wait_ready
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def __enter__(self) -> LiveGateway:
+        self.thread.start()
+        wait_until(lambda: self.server.started, 60, "uvicorn to start")
+        if self.wait_ready:
+            wait_until(self.ready, 180, "the gateway to be ready (model loaded)")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -1,0 +1,279 @@
+"""The student behind the gateway: OpenAI completions and chat, streaming, batching, limits, predict.
+
+One real gateway (uvicorn, tiny random Llama) serves the module; tests that need other settings start
+their own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from gateway_support import LiveGateway, gateway_settings, make_key, truncate_all
+
+from distillery.config import Settings
+
+MODEL = "tiny-causal"
+
+
+@pytest.fixture(scope="module")
+def gw(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    truncate_all(database_url)
+    base = Settings(home=tmp_path_factory.mktemp("home"), database_url=database_url, redis_url=redis_url)
+    with LiveGateway(gateway_settings(base)) as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="module")
+def http(gw: LiveGateway, database_url: str) -> Iterator[httpx.Client]:
+    key = make_key(database_url, ("infer",), "serving-tests")
+    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
+        yield client
+
+
+def complete(http: httpx.Client, **body: object) -> dict:
+    response = http.post("/v1/completions", json={"model": MODEL, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def chat(http: httpx.Client, content: str, **body: object) -> dict:
+    messages = [{"role": "user", "content": content}]
+    response = http.post("/v1/chat/completions", json={"model": MODEL, "messages": messages, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def sse_events(http: httpx.Client, path: str, body: dict) -> list[str]:
+    with http.stream("POST", path, json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return [line[5:].strip() for line in response.iter_lines() if line.startswith("data:")]
+
+
+def test_completion_has_the_openai_shape_and_counts_tokens(http: httpx.Client) -> None:
+    body = complete(http, prompt="The sky is", max_tokens=5, temperature=0)
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+    assert body["model"] == MODEL
+    [choice] = body["choices"]
+    assert choice["index"] == 0 and choice["finish_reason"] == "length" and isinstance(choice["text"], str)
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 5
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 5
+
+
+def test_several_prompts_times_n_give_one_choice_each_in_order(http: httpx.Client) -> None:
+    body = complete(http, prompt=["one", "two", "three"], n=2, max_tokens=3, temperature=0)
+    assert [c["index"] for c in body["choices"]] == list(range(6))
+    # Greedy choices of one prompt are the same; different prompts are answered separately.
+    texts = [c["text"] for c in body["choices"]]
+    assert texts[0] == texts[1] and texts[2] == texts[3] and texts[4] == texts[5]
+    assert body["usage"]["completion_tokens"] == 18
+
+
+def test_token_id_prompt_with_echo_and_logprobs(http: httpx.Client) -> None:
+    ids = [504, 3365, 314]
+    body = complete(http, prompt=ids, max_tokens=2, temperature=0, echo=True, logprobs=2)
+    [choice] = body["choices"]
+    logprobs = choice["logprobs"]
+    assert len(logprobs["tokens"]) == len(ids) + 2
+    assert logprobs["token_logprobs"][0] is None and all(v <= 0 for v in logprobs["token_logprobs"][1:])
+    assert all(len(top) <= 2 for top in logprobs["top_logprobs"][1:])
+    assert logprobs["text_offset"] == sorted(logprobs["text_offset"])
+    assert choice["text"].startswith("".join(logprobs["tokens"][: len(ids)]))
+
+
+def test_stop_sequence_ends_the_text_before_it(http: httpx.Client) -> None:
+    free = complete(http, prompt="Once upon a time", max_tokens=12, temperature=0)["choices"][0]["text"]
+    assert len(free) > 4
+    stop = free[2:4]
+    cut = complete(http, prompt="Once upon a time", max_tokens=12, temperature=0, stop=[stop])["choices"][0]
+    assert cut["finish_reason"] == "stop"
+    assert cut["text"] == free[: free.index(stop)]
+
+
+def test_streamed_chat_equals_the_unstreamed_answer_and_ends_with_done(http: httpx.Client) -> None:
+    whole = chat(http, "Say something", max_tokens=8, temperature=0)
+    assert whole["object"] == "chat.completion"
+    assert whole["choices"][0]["message"]["role"] == "assistant"
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say something"}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    events = sse_events(http, "/v1/chat/completions", body)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == whole["choices"][0]["message"]["content"]
+    finish = [
+        c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]
+    ]
+    assert finish == [whole["choices"][0]["finish_reason"]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+
+
+def test_streamed_completion_of_two_prompts_covers_both_choices(http: httpx.Client) -> None:
+    body = {"model": MODEL, "prompt": ["a", "b"], "max_tokens": 4, "temperature": 0, "stream": True}
+    events = sse_events(http, "/v1/completions", body)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    texts = {0: "", 1: ""}
+    for c in chunks:
+        for choice in c["choices"]:
+            texts[choice["index"]] += choice["text"]
+    whole = complete(http, prompt=["a", "b"], max_tokens=4, temperature=0)
+    assert [texts[0], texts[1]] == [c["text"] for c in whole["choices"]]
+
+
+def test_greedy_answers_are_identical_alone_and_in_a_batch(gw: LiveGateway, http: httpx.Client) -> None:
+    prompts = [f"Question {i}: " + "why " * (i * 3) for i in range(8)]
+    alone = [chat(http, p, max_tokens=10, temperature=0)["choices"][0]["message"]["content"] for p in prompts]
+    batches_before = _batch_histogram(gw)
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(lambda p: chat(http, p, max_tokens=10, temperature=0), prompts))
+    assert [r["choices"][0]["message"]["content"] for r in together] == alone
+    # They really shared generate calls: some batch held more than one sequence.
+    assert _batch_histogram(gw)["multi"] > batches_before["multi"]
+
+
+def _batch_histogram(gw: LiveGateway) -> dict[str, float]:
+    samples = {
+        s.labels.get("le"): s.value
+        for m in gw.app.state.metrics.batch_size.collect()
+        for s in m.samples
+        if s.name.endswith("_bucket")
+    }
+    return {"multi": samples["+Inf"] - samples["1.0"]}
+
+
+def test_a_seed_makes_sampling_reproducible(http: httpx.Client) -> None:
+    first = complete(http, prompt="Seeded", max_tokens=8, temperature=1.0, seed=1234, n=2)
+    again = complete(http, prompt="Seeded", max_tokens=8, temperature=1.0, seed=1234, n=2)
+    assert [c["text"] for c in first["choices"]] == [c["text"] for c in again["choices"]]
+
+
+def test_a_prompt_beyond_the_context_is_a_400_naming_the_limit(http: httpx.Client) -> None:
+    response = http.post("/v1/completions", json={"model": MODEL, "prompt": [1] * 2040, "max_tokens": 20})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and "2048" in error["message"]
+
+
+def test_an_unknown_model_is_a_404_listing_the_served_ones(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/chat/completions", json={"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model" and MODEL in error["message"]
+
+
+def test_models_list_names_the_served_model(http: httpx.Client) -> None:
+    body = http.get("/v1/models").json()
+    assert body["object"] == "list" and [m["id"] for m in body["data"]] == [MODEL]
+    assert http.get(f"/v1/models/{MODEL}").json()["max_model_len"] == 2048
+    assert http.get("/v1/models/nope").status_code == 404
+
+
+def test_predict_returns_a_valid_option_and_a_rationale(http: httpx.Client) -> None:
+    options = ["red", "green", "blue", "yellow"]
+    response = http.post(
+        "/v1/predict",
+        json={
+            "question": "Which colour is grass?",
+            "options": options,
+            "explain": True,
+            "max_rationale_tokens": 6,
+        },
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert 0 <= body["answer_index"] < 4 and body["answer"] == options[body["answer_index"]]
+    assert body["answer_letter"] == "abcd"[body["answer_index"]]
+    assert body["method"] in ("generation", "likelihood") and isinstance(body["rationale"], str)
+    assert body["model"] == MODEL and body["latency_ms"] > 0
+
+
+def test_predict_batch_equals_single_calls(http: httpx.Client) -> None:
+    items = [
+        {"question": f"Q{i}: pick one of these", "options": ["yes", "no", "maybe"][: 2 + i % 2]}
+        for i in range(5)
+    ]
+    single = [http.post("/v1/predict", json=item).json()["answer_index"] for item in items]
+    batch = http.post("/v1/predict/batch", json={"items": items})
+    assert batch.status_code == 200, batch.text
+    assert [p["answer_index"] for p in batch.json()["data"]] == single
+
+
+def test_a_body_over_the_limit_is_a_413(http: httpx.Client) -> None:
+    response = http.post("/v1/completions", json={"model": MODEL, "prompt": "x" * 1_100_000})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it streams in
+        yield b'{"model": "tiny-causal", "prompt": "'
+        for _ in range(12):
+            yield b"y" * 100_000
+        yield b'"}'
+
+    response = http.post("/v1/completions", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_readyz_and_metrics_report_the_served_model(gw: LiveGateway, database_url: str) -> None:
+    assert httpx.get(f"{gw.url}/readyz").json()["checks"]["model"] is True
+    admin = make_key(database_url, ("admin",), "metrics")
+    text_body = httpx.get(f"{gw.url}/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+    info = [line for line in text_body.splitlines() if line.startswith("distillery_student_model_info{")]
+    assert len(info) == 1 and f'model="{MODEL}"' in info[0] and info[0].endswith(" 1.0")
+    for name in (
+        "distillery_gateway_requests_total",
+        "distillery_gateway_request_duration_seconds_bucket",
+        "distillery_student_batch_size_bucket",
+        "distillery_student_queue_depth",
+        "distillery_student_tokens_total",
+    ):
+        assert name in text_body
+
+
+def test_a_full_queue_answers_503_with_retry_after(settings: Settings) -> None:
+    tight = gateway_settings(settings, batch_queue_size=1, batch_max_size=1)
+    with LiveGateway(tight) as gw, ThreadPoolExecutor(8) as pool:
+        key = make_key(settings.database_url, ("infer",))
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {"model": MODEL, "prompt": "go", "max_tokens": 300, "temperature": 0}
+        responses = list(
+            pool.map(
+                lambda _: httpx.post(f"{gw.url}/v1/completions", json=body, headers=headers, timeout=300),
+                range(8),
+            )
+        )
+    codes = sorted(r.status_code for r in responses)
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.headers["Retry-After"] == "1" and busy.json()["error"]["code"] == "queue_full"
+
+
+def test_a_model_that_fails_to_load_leaves_the_gateway_not_ready(settings: Settings, tmp_path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    with LiveGateway(gateway_settings(settings, default_model=str(broken)), wait_ready=False) as gw:
+        key = make_key(settings.database_url, ("infer",))
+        ready = httpx.get(f"{gw.url}/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["model"] is False
+        response = httpx.post(
+            f"{gw.url}/v1/predict",
+            json={"question": "q", "options": ["a", "b"]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert response.status_code == 503 and "Retry-After" in response.headers
