@@ -8,10 +8,12 @@ clients here do not share the server's interpreter). Two figures, both measured 
 
 * `gateway_overhead_ms_p50`: median latency of a one-token completion over HTTP (auth, rate limit,
   validation, JSON, uvicorn) minus the median of the same work called in-process on the engine
-  (tokenise + the batcher + generate) with the same settings, one request at a time.
+  (tokenise + the batcher + generate) with the same settings, one request at a time, the two
+  kinds of samples alternating.
 * `batched_vs_sequential`: completion tokens/s with `--clients` concurrent clients against the gateway
   with micro-batching, over the same load against the gateway serving one request at a time
-  (batch size 1). Last line; target >= 4.
+  (batch size 1). The two gateways run side by side and their load runs alternate, so drift on a
+  shared host hits both alike. Last line; target >= 4.
 """
 
 from __future__ import annotations
@@ -25,22 +27,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from distillery import apikeys
 from distillery.config import Settings
 from distillery.embedded import running_services
 from distillery.modelhub import resolve_model
-from distillery.store.db import get_engine, normalise_url, session_scope
-from distillery.store.migrate import upgrade
+from distillery.store.db import session_scope
+from distillery.store.migrate import scratch_database
 
 PROMPT = "Question: Which gas do plants take in from the air to make food?\nAnswer:"
 
@@ -49,24 +48,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """A fresh, migrated database on the server behind `server_url`, dropped on exit."""
-    name = f"distillery_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(normalise_url(server_url)).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        get_engine(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @contextmanager
@@ -117,8 +98,10 @@ def gateway(database_url: str, redis_url: str, model: Path, batch_max_size: int,
             proc.wait()
 
 
-async def load(url: str, key: str, model: str, clients: int, requests: int, max_tokens: int) -> float:
-    """Completion tokens/s of `clients` concurrent clients sending `requests` greedy completions in all."""
+async def load(
+    url: str, key: str, model: str, clients: int, requests: int, max_tokens: int
+) -> tuple[int, float]:
+    """(completion tokens, seconds) of `clients` concurrent clients sending `requests` greedy completions."""
     body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}
     headers = {"Authorization": f"Bearer {key}"}
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -139,44 +122,41 @@ async def load(url: str, key: str, model: str, clients: int, requests: int, max_
 
             started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(clients)))
-            elapsed = time.perf_counter() - started
-    return tokens / elapsed
+            return tokens, time.perf_counter() - started
 
 
-def http_latencies(url: str, key: str, model: str, n: int) -> list[float]:
-    body = {"model": model, "prompt": PROMPT, "max_tokens": 1, "temperature": 0}
-    out = []
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
-        client.post("/v1/completions", json=body).raise_for_status()  # warm-up
-        for _ in tqdm(range(n), desc="http", unit="req", leave=False):
-            started = time.perf_counter()
-            client.post("/v1/completions", json=body).raise_for_status()
-            out.append((time.perf_counter() - started) * 1000)
-    return out
-
-
-def inprocess_latencies(model: Path, n: int) -> list[float]:
-    """The same one-token completion through the engine alone (same batcher settings as the gateway)."""
+async def latencies(
+    url: str, key: str, model: str, model_dir: Path, n: int
+) -> tuple[list[float], list[float]]:
+    """Alternating samples (so load drift hits both alike) of the same one-token completion:
+    in-process on the engine (same batcher settings as the gateway), and over HTTP."""
     from distillery_gateway.engine.transformers_backend import TransformersBackend
     from distillery_gateway.engine.types import SamplingParams
 
     settings = Settings()
     backend = TransformersBackend(
-        model, batch_max_size=settings.batch_max_size, batch_wait_ms=settings.batch_wait_ms
+        model_dir,
+        batch_max_size=settings.batch_max_size,
+        batch_wait_ms=settings.batch_wait_ms,
+        threads=settings.student_threads,
     )
     params = SamplingParams(max_tokens=1, temperature=0.0)
-
-    async def run() -> list[float]:
-        await backend.generate(backend.codec.encode(PROMPT), params)  # warm-up
-        out = []
-        for _ in tqdm(range(n), desc="in-process", unit="call", leave=False):
+    body = {"model": model, "prompt": PROMPT, "max_tokens": 1, "temperature": 0}
+    inproc, http = [], []
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60
+    ) as client:
+        await backend.generate(backend.codec.encode(PROMPT), params)  # warm-up, both sides
+        (await client.post("/v1/completions", json=body)).raise_for_status()
+        for _ in tqdm(range(n), desc="latency", unit="pair", leave=False):
             started = time.perf_counter()
             await backend.generate(backend.codec.encode(PROMPT), params)
-            out.append((time.perf_counter() - started) * 1000)
-        await backend.aclose()
-        return out
-
-    return asyncio.run(run())
+            inproc.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            (await client.post("/v1/completions", json=body)).raise_for_status()
+            http.append((time.perf_counter() - started) * 1000)
+    await backend.aclose()
+    return inproc, http
 
 
 def main() -> None:
@@ -186,7 +166,9 @@ def main() -> None:
         "--model", help="modelhub name or HF dir (default: tiny-causal with --quick, else smollm2-135m)"
     )
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, help="requests per load run (default 64 quick, 128 full)")
+    parser.add_argument(
+        "--requests", type=int, help="requests per configuration (default 64 quick, 128 full)"
+    )
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument(
         "--latency-samples", type=int, help="sequential requests for the p50s (default 40/100)"
@@ -199,18 +181,28 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="distillery-bench-gateway-"))
     log = workdir / "gateway.log"
     settings = Settings(home=workdir / "home")
-    with running_services(settings) as urls, scratch_database(urls.database_url) as db:
+    rounds = 2  # batched and sequential runs alternate, so drift on a shared host hits both alike
+    totals = {"batched": [0, 0.0], "sequential": [0, 0.0]}
+    with (
+        running_services(settings) as urls,
+        scratch_database(urls.database_url, "distillery_bench") as db,
+        ExitStack() as stack,
+    ):
         with session_scope(db) as session:
             key = apikeys.create_key(session, "bench", ("infer",)).key
-        inproc = inprocess_latencies(model, samples)
-        with gateway(db, urls.redis_url, model, settings.batch_max_size, log) as url:
-            served = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}).json()["data"][
-                0
-            ]["id"]
-            http = http_latencies(url, key, served, samples)
-            batched = asyncio.run(load(url, key, served, args.clients, requests, args.max_tokens))
-        with gateway(db, urls.redis_url, model, 1, log) as url:
-            sequential = asyncio.run(load(url, key, served, args.clients, requests, args.max_tokens))
+        batched_url = stack.enter_context(gateway(db, urls.redis_url, model, settings.batch_max_size, log))
+        sequential_url = stack.enter_context(gateway(db, urls.redis_url, model, 1, log))
+        headers = {"Authorization": f"Bearer {key}"}
+        served = httpx.get(f"{batched_url}/v1/models", headers=headers).json()["data"][0]["id"]
+        inproc, http = asyncio.run(latencies(batched_url, key, served, model, samples))
+        for _ in range(rounds):
+            for name, url in (("batched", batched_url), ("sequential", sequential_url)):
+                tokens, seconds = asyncio.run(
+                    load(url, key, served, args.clients, requests // rounds, args.max_tokens)
+                )
+                totals[name][0] += tokens
+                totals[name][1] += seconds
+    batched, sequential = (totals[n][0] / totals[n][1] for n in ("batched", "sequential"))
     overhead = statistics.median(http) - statistics.median(inproc)
     print(f"model={model_name} clients={args.clients} requests={requests} max_tokens={args.max_tokens}")
     print(f"inprocess_ms_p50={statistics.median(inproc):.2f} http_ms_p50={statistics.median(http):.2f}")

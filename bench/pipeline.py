@@ -24,15 +24,12 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import httpx
 import uvicorn
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from distillery import apikeys
@@ -43,8 +40,8 @@ from distillery.incontext import InContextSelector
 from distillery.records import Demonstration
 from distillery.store import examples as ex_store
 from distillery.store import models as m
-from distillery.store.db import get_engine, normalise_url, session_scope
-from distillery.store.migrate import upgrade
+from distillery.store.db import session_scope
+from distillery.store.migrate import scratch_database
 from distillery.teachers.base import GenerationParams, TeacherSpec
 from distillery.teachers.registry import make_client, upsert_teacher
 
@@ -64,24 +61,6 @@ def wait_for(check, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: timed out waiting for {what}")
         time.sleep(0.2)
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """A fresh, migrated database on the server behind `server_url`, dropped on exit."""
-    name = f"distillery_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(normalise_url(server_url)).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        get_engine(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @contextmanager

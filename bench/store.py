@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from distillery.config import get_settings
@@ -25,8 +20,8 @@ from distillery.embedded import running_services
 from distillery.records import Example
 from distillery.store import examples as ex_store
 from distillery.store import models as m
-from distillery.store.db import get_engine, normalise_url, session_scope
-from distillery.store.migrate import upgrade
+from distillery.store.db import session_scope
+from distillery.store.migrate import scratch_database
 from distillery.store.rationales import upsert_rationales
 from distillery.teachers.base import TeacherSpec
 from distillery.teachers.registry import upsert_teacher
@@ -37,24 +32,6 @@ TEXT = (
     "Friction between dry surfaces is larger than between wet or oily ones, because water, oil and lotion "
     "lubricate the skin. More friction turns more of the motion into heat, so dry palms warm fastest."
 )
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """A fresh, migrated database on the server behind `server_url`, dropped on exit."""
-    name = f"distillery_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(normalise_url(server_url)).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        get_engine(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def setup(url: str, n_examples: int, n_teachers: int) -> tuple[str, list[int], list[int]]:

@@ -11,19 +11,17 @@ import os
 import shutil
 import socket
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis as redis_lib
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
 from distillery.config import Settings
 from distillery.embedded import EmbeddedPostgres, EmbeddedRedis
 from distillery.store.db import normalise_url, session_scope
-from distillery.store.migrate import upgrade
+from distillery.store.migrate import scratch_database
 from distillery.store.models import Base
 
 # A gateway built in a test serves no student unless the test names one (loading one costs CPU).
@@ -74,19 +72,8 @@ def server_pg_url(services_root: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def database_url(server_pg_url: str) -> Iterator[str]:
     """A fresh, migrated database for this test session."""
-    name = f"distillery_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server_pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server_pg_url).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    from distillery.store.db import get_engine
-
-    get_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(server_pg_url, prefix="distillery_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -117,3 +117,16 @@ def test_metrics_can_be_made_public_for_scrapers(settings: Settings) -> None:
     with TestClient(create_app(settings=settings.model_copy(update={"metrics_public": True}))) as client:
         response = client.get("/metrics")
         assert response.status_code == 200 and "distillery_gateway_requests_total" in response.text
+
+
+def test_a_revoked_key_stops_working(settings: Settings) -> None:
+    from distillery_gateway.app import create_app
+
+    key = make_key(settings.database_url, ("infer",))
+    headers = {"Authorization": f"Bearer {key}"}
+    # With the key cache off a revocation shows at once; by default it shows within auth_cache_s.
+    with TestClient(create_app(settings=settings.model_copy(update={"auth_cache_s": 0}))) as client:
+        assert client.get("/v1/models", headers=headers).status_code == 200
+        revoke(settings.database_url, key)
+        response = client.get("/v1/models", headers=headers)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"

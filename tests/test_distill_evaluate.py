@@ -47,17 +47,22 @@ def student(request):
     return load_student(path, seq2seq).eval(), encoder
 
 
-def test_shared_prompt_scores_equal_full_sequence_scores(student):
+def test_batched_shared_prompt_scores_equal_full_sequence_scores(student):
     model, encoder = student
-    example = load_jsonl(sample_file("arc", "dev"))[0]
-    pairs = _option_pairs(example, content_free=False)
-    cached = shared_prompt_logprobs(model, encoder, pairs[0][0], [t for _, t in pairs])
-    full = target_logprobs(model, encoder, pairs)
-    assert cached == pytest.approx(full, abs=1e-4)
+    # Prompts of different lengths and option counts in one batch: padding and positions must not leak.
+    examples = load_jsonl(sample_file("arc", "dev"))[:3] + load_jsonl(sample_file("pubmedqa", "dev"))[:2]
+    items = []
+    for example in examples:
+        pairs = _option_pairs(example, content_free=False)
+        items.append((pairs[0][0], [t for _, t in pairs]))
+    batched = shared_prompt_logprobs(model, encoder, items)
+    for (prompt, targets), scores in zip(items, batched, strict=True):
+        full = target_logprobs(model, encoder, [(prompt, t) for t in targets])
+        assert scores == pytest.approx(full, abs=1e-4)
     # The content-free prompt keeps the options and drops the question.
-    free = _option_pairs(example, content_free=True)
-    assert "N/A" in free[0][0] and example.question not in free[0][0]
-    assert [t for _, t in free] == [t for _, t in pairs]
+    free = _option_pairs(examples[0], content_free=True)
+    assert "N/A" in free[0][0] and examples[0].question not in free[0][0]
+    assert [t for _, t in free] == items[0][1]
 
 
 def test_evaluate_writes_one_prediction_per_question(student, tmp_path):

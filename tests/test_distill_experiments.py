@@ -50,6 +50,9 @@ def test_grid_runs_once_and_a_second_invocation_skips_finished_configurations(
     assert [r["run_id"] for r in again] == [r["run_id"] for r in first]
     with session_scope(settings.database_url) as session:
         assert len(run_store.list_runs(session)) == 2
+    # The smoke preset keeps the exported model, not the optimizer-laden checkpoints.
+    trained = settings.artifacts / "runs" / first[1]["run_id"]
+    assert (trained / "model" / "config.json").is_file() and not (trained / "checkpoints").exists()
 
     text = markdown(again, preset, preset.student, data, 1.0)
     assert "| inference-only |" in text and "| tinyllm |" in text and "Predicted letters" in text

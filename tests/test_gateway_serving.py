@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from gateway_support import LiveGateway, gateway_settings, make_key, truncate_all
+from gateway_support import LiveGateway, gateway_settings, make_key, truncate_all, wait_until
 
 from distillery.config import Settings
 
@@ -179,7 +179,8 @@ def test_an_unknown_model_is_a_404_listing_the_served_ones(http: httpx.Client) -
 
 def test_models_list_names_the_served_model(http: httpx.Client) -> None:
     body = http.get("/v1/models").json()
-    assert body["object"] == "list" and [m["id"] for m in body["data"]] == [MODEL]
+    assert body["object"] == "list" and [m["id"] for m in body["data"]] == [MODEL, "student"]
+    assert body["data"][1]["parent"] == MODEL
     assert http.get(f"/v1/models/{MODEL}").json()["max_model_len"] == 2048
     assert http.get("/v1/models/nope").status_code == 404
 
@@ -277,3 +278,21 @@ def test_a_model_that_fails_to_load_leaves_the_gateway_not_ready(settings: Setti
             headers={"Authorization": f"Bearer {key}"},
         )
         assert response.status_code == 503 and "Retry-After" in response.headers
+
+
+def test_a_client_leaving_a_stream_stops_its_generation(gw: LiveGateway, http: httpx.Client) -> None:
+    body = {"model": MODEL, "prompt": "Go on and on", "max_tokens": 2000, "temperature": 0, "stream": True}
+    batcher = gw.app.state.manager._slot.backend.batcher
+    finished = []  # the jobs of each batch once it ran (observed, not altered)
+    run_batch = batcher._run_batch
+    batcher._run_batch = lambda jobs: (run_batch(jobs), finished.extend(jobs))
+    try:
+        with http.stream("POST", "/v1/completions", json=body) as response:
+            assert next(line for line in response.iter_lines() if line.startswith("data:"))
+        # Closing the connection cancels the job: its batch ends long before 2000 tokens.
+        wait_until(lambda: finished and finished[0].future.done(), 120, "the generation to end")
+    finally:
+        batcher._run_batch = run_batch
+    [choice] = finished[0].future.result().choices
+    assert choice.num_tokens < 2000, choice.num_tokens
+    assert complete(http, prompt="still fine", max_tokens=2, temperature=0)["usage"]["completion_tokens"] == 2

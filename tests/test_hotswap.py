@@ -1,6 +1,6 @@
 """Promotion hot-swaps the served model on every replica without failing a request.
 
-Two copies of the tiny random Llama are registered as versions 1 and 2 of `student`; real gateways
+Two copies of the tiny random Llama are registered as versions 1 and 2 of `arc-student`; real gateways
 (uvicorn threads) serve them while clients keep sending requests.
 """
 
@@ -17,7 +17,7 @@ from distillery.config import Settings
 from distillery.store import registry
 from distillery.store.db import session_scope
 
-NAME = "student"
+NAME = "arc-student"
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def served_model(client: httpx.Client) -> str:
 
 
 class Clients:
-    """`n` threads sending chat completions for the `student` alias until stopped."""
+    """`n` threads sending chat completions for the registry name (an alias) until stopped."""
 
     def __init__(self, url: str, key: str, n: int = 8):
         self.url, self.key, self.n = url, key, n
@@ -95,29 +95,34 @@ def test_promotion_swaps_under_load_without_a_failed_request(
 
         promoted = api.post(f"/v1/registry/models/{v1['id']}/promote", params={"wait": "true"}, timeout=120)
         assert promoted.status_code == 200 and promoted.json()["serving"] is True
-        assert [m["id"] for m in api.get("/v1/models").json()["data"]] == ["student:v1", "student"]
+        listed = [m["id"] for m in api.get("/v1/models").json()["data"]]
+        assert listed == ["arc-student:v1", "arc-student", "student"]
 
         with Clients(gw.url, make_key(settings.database_url, ("infer",))) as clients:
-            wait_until(lambda: clients.all_answered_by("student:v1"), 120, "clients served by v1")
+            wait_until(lambda: clients.all_answered_by("arc-student:v1"), 120, "clients served by v1")
             response = api.post(f"/v1/registry/models/{v2['id']}/promote")
             assert response.status_code == 200 and response.json()["stage"] == "production"
-            wait_until(lambda: clients.all_answered_by("student:v2", last=3), 120, "clients served by v2")
+            wait_until(lambda: clients.all_answered_by("arc-student:v2", last=3), 120, "clients served by v2")
 
         outcomes = [r for per_client in clients.results for r in per_client]
         failures = [r for r in outcomes if r[0] != 200]
         assert not failures, failures[:5]
-        assert {m for _, m in outcomes} == {"student:v1", "student:v2"}
+        assert {m for _, m in outcomes} == {"arc-student:v1", "arc-student:v2"}
         for per_client in clients.results:  # each client saw v1, then v2, never back
             models = [m for _, m in per_client]
             assert models == sorted(models)
         listed = api.get("/v1/models").json()["data"]
-        assert [(m["id"], m["parent"]) for m in listed] == [("student:v2", None), ("student", "student:v2")]
+        assert [(m["id"], m["parent"]) for m in listed] == [
+            ("arc-student:v2", None),
+            ("arc-student", "arc-student:v2"),
+            ("student", "arc-student:v2"),
+        ]
         stages = {m["version"]: m["stage"] for m in api.get("/v1/registry/models").json()["data"]}
         assert stages == {1: "staging", 2: "production"}
 
         # Rollback = promote the previous version.
         api.post(f"/v1/registry/models/{v1['id']}/promote", params={"wait": "true"}, timeout=120)
-        assert served_model(api) == "student:v1"
+        assert served_model(api) == "arc-student:v1"
 
 
 def test_other_replicas_follow_by_pubsub_and_by_polling(
@@ -135,15 +140,15 @@ def test_other_replicas_follow_by_pubsub_and_by_polling(
         wait_until(lambda: b.app.state.watcher.subscribed.is_set(), 30, "replica b subscribed")
         v1, v2 = register(api_a, versions[0]), register(api_a, versions[1])
         api_a.post(f"/v1/registry/models/{v1['id']}/promote")
-        wait_until(lambda: served_model(api_b) == "student:v1", 120, "replica b on v1 (pub/sub)")
+        wait_until(lambda: served_model(api_b) == "arc-student:v1", 120, "replica b on v1 (pub/sub)")
 
         with LiveGateway(polling) as c, httpx.Client(base_url=c.url, headers=headers, timeout=120) as api_c:
-            assert served_model(api_c) == "student:v1"  # a new replica starts on the production version
+            assert served_model(api_c) == "arc-student:v1"  # a new replica starts on the production version
             # A promotion written straight to the database (no message) is found by polling.
             with session_scope(settings.database_url) as session:
                 registry.promote(session, v2["id"])
-            wait_until(lambda: served_model(api_c) == "student:v2", 60, "replica c on v2 (polling)")
-        assert served_model(api_b) == "student:v1"  # no message, and it polls only every 10 min
+            wait_until(lambda: served_model(api_c) == "arc-student:v2", 60, "replica c on v2 (polling)")
+        assert served_model(api_b) == "arc-student:v1"  # no message, and it polls only every 10 min
 
 
 def test_a_version_that_fails_to_load_keeps_the_old_one_serving(
@@ -161,12 +166,12 @@ def test_a_version_that_fails_to_load_keeps_the_old_one_serving(
         broken.write_bytes(b"not weights")
         response = api.post(f"/v1/registry/models/{bad['id']}/promote", params={"wait": "true"}, timeout=120)
         assert response.status_code == 200 and response.json()["serving"] is False
-        assert served_model(api) == "student:v1"
+        assert served_model(api) == "arc-student:v1"
         infer = {"Authorization": f"Bearer {make_key(settings.database_url, ('infer',))}"}
         answer = httpx.post(
             f"{gw.url}/v1/predict", json={"question": "q?", "options": ["a", "b"]}, headers=infer, timeout=120
         )
-        assert answer.status_code == 200 and answer.json()["model"] == "student:v1"
+        assert answer.status_code == 200 and answer.json()["model"] == "arc-student:v1"
 
 
 def test_registering_a_directory_that_is_not_a_model_is_a_422(

@@ -27,13 +27,20 @@ def test_sdk_chats_completes_streams_and_lists_models(gateway: LiveGateway, sett
     client = sdk(gateway, make_key(settings.database_url, ("infer",)))
 
     models = client.models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    assert [m.id for m in models.data] == [MODEL, "student"]
     assert client.models.retrieve(MODEL).id == MODEL
 
     chat = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Hello!"}], max_tokens=6, temperature=0
     )
     assert chat.object == "chat.completion" and chat.model == MODEL
+    # `student` reaches whatever is served; the answer names the version that gave it.
+    assert (
+        client.chat.completions.create(
+            model="student", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        ).model
+        == MODEL
+    )
     assert chat.choices[0].message.role == "assistant" and isinstance(chat.choices[0].message.content, str)
     assert chat.choices[0].finish_reason in ("stop", "length")
     assert chat.usage.completion_tokens <= 6 and chat.usage.total_tokens > chat.usage.completion_tokens

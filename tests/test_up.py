@@ -102,6 +102,19 @@ def assert_all_gone(processes: list[psutil.Process]) -> None:
     assert not alive, [(p.pid, p.cmdline()) for p in alive if p.is_running()]
 
 
+def exited(pid: int, timeout: float = 15.0) -> bool:
+    """The process is gone (or only a zombie waiting for whoever adopted it to reap it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory, database_url: str, redis_url: str) -> Iterator[Up]:
     """`distillery up --no-teacher` on the test session's PostgreSQL and Redis (fast: nothing embedded)."""
@@ -165,8 +178,10 @@ def test_ctrl_c_stops_every_child_process(up: Up) -> None:
 
 @pytest.mark.embedded
 @pytest.mark.slow
-def test_a_second_up_reuses_the_embedded_data(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_a_second_up_reuses_the_embedded_data(services_root: Path) -> None:
+    # Not tmp_path: the system user running the embedded PostgreSQL must reach the data dir, and
+    # pytest keeps /tmp/pytest-of-<user> at 0700.
+    home = services_root / "up-home"
     first = Up(home, "--no-teacher")
     try:
         key = first.started()
@@ -181,7 +196,7 @@ def test_a_second_up_reuses_the_embedded_data(tmp_path: Path) -> None:
         if first.proc.poll() is None:
             first.kill()
     assert_all_gone(servers)
-    assert not psutil.pid_exists(postmaster) and not psutil.pid_exists(redis_pid)
+    assert exited(postmaster) and exited(redis_pid)
 
     second = Up(home, "--no-teacher")
     try:

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(
         default=None, description="Serve this registry name's production version; unset = newest."
     )
+    student_threads: int | None = Field(
+        default=None, ge=1, description="Torch threads of the in-process student; unset = half the cores."
+    )
     batch_max_size: int = Field(default=16, ge=1, description="Most sequences in one batched generate.")
     batch_wait_ms: float = Field(default=5.0, ge=0, description="How long a batch waits for companions.")
     batch_queue_size: int = Field(default=256, ge=1, description="Queued requests before 503 + Retry-After.")
@@ -82,6 +85,9 @@ class Settings(BaseSettings):
     predict_max_items: int = Field(default=64, ge=1, description="Most items in one /v1/predict/batch.")
     registry_poll_s: float = Field(default=10.0, gt=0, description="Registry polling (pub/sub fallback).")
     metrics_public: bool = Field(default=False, description="Serve /metrics without a key (else: admin).")
+    auth_cache_s: float = Field(
+        default=2.0, ge=0, description="How long a gateway trusts a checked key (a revocation's delay)."
+    )
     rate_limit_burst: int | None = Field(default=None, ge=1, description="Bucket size; unset = the rate.")
 
     @property

@@ -22,7 +22,7 @@ from distillery import __version__
 from distillery.config import Settings, get_settings
 from distillery.queue import make_celery
 from distillery_gateway import errors, openapi
-from distillery_gateway.deps import authenticate
+from distillery_gateway.deps import KeyCache, authenticate
 from distillery_gateway.engine.factory import backend_factory
 from distillery_gateway.engine.manager import ModelManager
 from distillery_gateway.engine.watcher import RegistryWatcher
@@ -100,6 +100,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.manager = manager
     app.state.rate_limiter = None
+    app.state.key_cache = KeyCache(settings.auth_cache_s)
     app.state.serving_models = ModelsServing(manager)
     app.state.serving_completion = CompletionServing(manager, settings, metrics)
     app.state.serving_chat = ChatServing(manager, settings, metrics)

@@ -7,7 +7,9 @@ route that forgets `PrincipalDep` is still closed; the per-route `require_scope(
 
 from __future__ import annotations
 
+import hashlib
 import math
+import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -21,7 +23,7 @@ from distillery.store.db import session_factory
 from distillery_gateway.errors import APIError
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -38,14 +40,12 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent, so a client that got 2xx sees its write at once.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_principal(request: Request, settings: SettingsDep) -> apikeys.Principal:
-    """401 without a valid key. Keys come as `Authorization: Bearer <key>`."""
-    cached = getattr(request.state, "principal", None)
-    if cached is not None:
-        return cached
+def verify(request: Request, settings: Settings) -> apikeys.Principal:
+    """The principal of the request's key (a DB lookup); 401 without a valid one."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -55,14 +55,59 @@ def get_principal(request: Request, settings: SettingsDep) -> apikeys.Principal:
             code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    pepper, prefix = settings.api_key_pepper, settings.api_key_prefix
     with session_factory(request.app.state.database_url)() as session:
-        principal = apikeys.verify_key(
-            session, token.strip(), settings.api_key_pepper, settings.api_key_prefix
-        )
+        principal = apikeys.verify_key(session, token.strip(), pepper, prefix)
     if principal is None:
         raise APIError(
             401, "invalid or revoked API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
         )
+    return principal
+
+
+class KeyCache:
+    """Keys checked in the last `ttl_s` seconds, by the SHA-256 of the key (the key is never kept).
+
+    Saves the database lookup on every request; a revoked key keeps working here for at most `ttl_s`
+    (0 turns the cache off). Only successful checks are cached, so a new key works at once.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl_s: float):
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, apikeys.Principal]] = {}
+
+    @staticmethod
+    def _id(request: Request) -> str:
+        return hashlib.sha256(request.headers.get("authorization", "").encode()).hexdigest()
+
+    def get(self, request: Request) -> apikeys.Principal | None:
+        if self.ttl_s <= 0:
+            return None
+        entry = self._entries.get(self._id(request))
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+
+    def put(self, request: Request, principal: apikeys.Principal) -> None:
+        if self.ttl_s <= 0:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[self._id(request)] = (time.monotonic() + self.ttl_s, principal)
+
+
+async def get_principal(request: Request) -> apikeys.Principal:
+    """401 without a valid key. Keys come as `Authorization: Bearer <key>`; checked once per request."""
+    # Async, so that routes reading the principal already checked by `authenticate` need no thread.
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    keys: KeyCache | None = getattr(request.app.state, "key_cache", None)
+    principal = keys.get(request) if keys is not None else None
+    if principal is None:
+        principal = await run_in_threadpool(verify, request, request.app.state.settings)
+        if keys is not None:
+            keys.put(request, principal)
     request.state.principal = principal
     return principal
 
@@ -75,7 +120,7 @@ def require_scope(scope: str) -> Any:
     if scope not in apikeys.SCOPES:
         raise ValueError(f"unknown scope {scope}")
 
-    def check(principal: PrincipalDep) -> apikeys.Principal:
+    async def check(principal: PrincipalDep) -> apikeys.Principal:
         if not principal.allows(scope):
             raise APIError(403, f"this API key lacks the '{scope}' scope", code="insufficient_scope")
         return principal
@@ -93,7 +138,7 @@ async def authenticate(request: Request) -> None:
     """App-wide: a valid key on every non-public route, then the key's rate limit (429)."""
     if is_public(request):
         return
-    principal = await run_in_threadpool(get_principal, request, request.app.state.settings)
+    principal = await get_principal(request)
     limiter = getattr(request.app.state, "rate_limiter", None)
     if limiter is None:
         return

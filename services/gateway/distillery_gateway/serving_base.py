@@ -83,7 +83,7 @@ async def merge(streams: Sequence[AsyncIterator[Any]]) -> AsyncIterator[tuple[in
         try:
             async for item in stream:
                 await queue.put((i, item))
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer
+        except BaseException as exc:  # handed to the consumer, which re-raises it
             await queue.put((i, exc))
         finally:
             await queue.put((i, done))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import typer
@@ -34,12 +35,24 @@ def gateway(
         # The factory reads its settings from the environment in every worker process.
         os.environ["DATABASE_URL"] = urls.database_url
         os.environ["REDIS_URL"] = urls.redis_url
+        metrics_dir = None
         if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # /metrics then adds up all workers (prometheus-client's multiprocess mode).
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="distillery-metrics-")
+            metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+                prefix="distillery-metrics-"
+            )
         get_settings.cache_clear()
         bind_host, bind_port = host or settings.gateway_host, port or settings.gateway_port
         typer.echo(f"gateway on http://{bind_host}:{bind_port} ({workers} worker(s))", err=True)
-        uvicorn.run(
-            APP, factory=True, host=bind_host, port=bind_port, workers=workers, log_level=log_level.lower()
-        )
+        try:
+            uvicorn.run(
+                APP,
+                factory=True,
+                host=bind_host,
+                port=bind_port,
+                workers=workers,
+                log_level=log_level.lower(),
+            )
+        finally:
+            if metrics_dir:
+                shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -58,6 +58,10 @@ class Hyperparameters(_Strict):
         50, ge=1, le=MAX_COUNT, description="Checkpoint every this many steps (resume point)."
     )
     save_total_limit: int = Field(2, ge=1, le=100)
+    keep_checkpoints: bool = Field(
+        True,
+        description="Keep the last checkpoint after a successful run (to continue it); false frees the disk.",
+    )
     logging_steps: int = Field(5, ge=1, le=MAX_COUNT)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto = bf16 on a GPU that supports it, fp32 on CPU (bf16 is slow on CPUs)."

@@ -143,32 +143,51 @@ def _scored_ids(encoder: StudentEncoder, target: str) -> list[int]:
 
 @torch.inference_mode()
 def shared_prompt_logprobs(
-    model: PreTrainedModel, encoder: StudentEncoder, prompt: str, targets: list[str]
-) -> list[float]:
-    """Mean log-probability per token of each target after the same prompt, the end token excluded.
+    model: PreTrainedModel, encoder: StudentEncoder, items: list[tuple[str, list[str]]]
+) -> list[list[float]]:
+    """For each (prompt, targets): the mean log-probability per token of every target after that prompt
+    (the end token excluded).
 
-    Causal students read the prompt once and score every target from its KV cache (the prompt is
-    most of the tokens, so this is several times cheaper than one full sequence per option).
+    Causal students read each prompt once (the prompts of all items in one right-padded batch) and score
+    all its targets from the KV cache, with the targets' true positions; the prompt is most of the tokens,
+    so this is several times cheaper than one full sequence per target.
     """
     if encoder.seq2seq:
-        return target_logprobs(model, encoder, [(prompt, t) for t in targets])
+        flat = iter(target_logprobs(model, encoder, [(p, t) for p, targets in items for t in targets]))
+        return [[next(flat) for _ in targets] for _, targets in items]
     device = _device(model)
-    prompt_ids = torch.tensor([encoder.prompt_ids(prompt)], device=device)
-    rows = [_scored_ids(encoder, t) for t in targets]
-    head = model(input_ids=prompt_ids, use_cache=True)
+    pad = encoder.tokenizer.pad_token_id
+    prompts = [encoder.prompt_ids(prompt) for prompt, _ in items]
+    lengths = torch.tensor([len(p) for p in prompts])
+    ids, mask = _right_pad(prompts, pad)
+    params = inspect.signature(model.forward).parameters
+    # Only the last real position of each prompt predicts a target token: skip the LM head elsewhere.
+    keep = sorted(set((lengths - 1).tolist()))
+    kwargs = {"logits_to_keep": torch.tensor(keep, device=device)} if "logits_to_keep" in params else {}
+    head = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True, **kwargs)
+    at = [keep.index(n - 1) for n in lengths.tolist()] if kwargs else (lengths - 1).tolist()
+    first = torch.log_softmax(head.logits[torch.arange(len(items)), torch.tensor(at)].float(), dim=-1)
     # transformers renamed past_key_values to cache (5.2x); accept both.
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    name = "cache" if "cache" in params else "past_key_values"
     cache = getattr(head, name)
-    cache.batch_repeat_interleave(len(rows))
-    first = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
-    ids, mask = _right_pad(rows, encoder.tokenizer.pad_token_id)
-    full_mask = torch.cat([torch.ones(len(rows), prompt_ids.shape[1], dtype=torch.long), mask], dim=1)
-    tail = model(input_ids=ids.to(device), attention_mask=full_mask.to(device), **{name: cache})
+    owners = [b for b, (_, targets) in enumerate(items) for _ in targets]
+    rows = [_scored_ids(encoder, t) for _, targets in items for t in targets]
+    cache.batch_select_indices(torch.tensor(owners, device=device))
+    tail_ids, tail_mask = _right_pad(rows, pad)
+    full_mask = torch.cat([mask[owners], tail_mask], dim=1)
+    # Each target continues its own prompt, not the padded batch width.
+    positions = lengths[owners][:, None] + torch.arange(tail_ids.shape[1])[None, :]
+    tail = model(
+        input_ids=tail_ids.to(device),
+        attention_mask=full_mask.to(device),
+        position_ids=positions.to(device),
+        **{name: cache},
+    )
     logp = torch.log_softmax(tail.logits.float(), dim=-1)
-    scores = []
-    for i, row in enumerate(rows):
-        total = first[row[0]] + sum(logp[i, j - 1, row[j]] for j in range(1, len(row)))
-        scores.append(float(total) / len(row))
+    scores: list[list[float]] = [[] for _ in items]
+    for i, (owner, row) in enumerate(zip(owners, rows, strict=True)):
+        total = first[owner, row[0]] + sum(logp[i, j - 1, row[j]] for j in range(1, len(row)))
+        scores[owner].append(float(total) / len(row))
     return scores
 
 
@@ -181,10 +200,13 @@ def _option_pairs(example: Example, content_free: bool) -> list[tuple[str, str]]
 
 
 def _option_scores(
-    model: PreTrainedModel, encoder: StudentEncoder, example: Example, content_free: bool
-) -> list[float]:
-    pairs = _option_pairs(example, content_free)
-    return shared_prompt_logprobs(model, encoder, pairs[0][0], [target for _, target in pairs])
+    model: PreTrainedModel, encoder: StudentEncoder, examples: Sequence[Example], content_free: bool
+) -> list[list[float]]:
+    items = []
+    for example in examples:
+        pairs = _option_pairs(example, content_free)
+        items.append((pairs[0][0], [target for _, target in pairs]))
+    return shared_prompt_logprobs(model, encoder, items)
 
 
 def _letter(index: int | None) -> str:
@@ -216,11 +238,12 @@ def evaluate(
         scores: list[list[float]] = [[] for _ in batch]
         calibrated: list[list[float]] = [[] for _ in batch]
         if options.likelihood:
-            for i, example in enumerate(batch):
-                scores[i] = _option_scores(model, encoder, example, content_free=False)
-                if options.calibrate:
-                    free = _option_scores(model, encoder, example, content_free=True)
-                    calibrated[i] = [a - b for a, b in zip(scores[i], free, strict=True)]
+            scores = _option_scores(model, encoder, batch, content_free=False)
+            if options.calibrate:
+                free = _option_scores(model, encoder, batch, content_free=True)
+                calibrated = [
+                    [a - b for a, b in zip(s, f, strict=True)] for s, f in zip(scores, free, strict=True)
+                ]
         for i, (example, text) in enumerate(zip(batch, answers, strict=True)):
             predicted = parse_answer(text, example.options)
             row = {

@@ -75,6 +75,7 @@ PRESETS: dict[str, Preset] = {
             "max_target_tokens": 24,
             "save_steps": 1000,
             "logging_steps": 1,
+            "keep_checkpoints": False,
         },
         eval={"batch_size": 8, "max_new_tokens": 12},
         notes=("Accuracies of a random tiny model are noise: this preset only proves the pipeline.",),
@@ -84,9 +85,9 @@ PRESETS: dict[str, Preset] = {
         description="SmolLM2-135M-Instruct, fp32 on 2 CPU cores, within an hour: slices of ARC and PubMedQA.",
         student="smollm2-135m",
         datasets=("arc", "pubmedqa"),
-        train_limit=48,
+        train_limit=40,
         eval_split="dev",
-        eval_limit=50,
+        eval_limit=40,
         alpha=0.5,
         alpha_sweep=(0.1, 2.0),
         sweep_datasets=("arc",),
@@ -96,21 +97,25 @@ PRESETS: dict[str, Preset] = {
             "learning_rate": 1e-4,
             "max_input_tokens": 128,
             "max_target_tokens": 40,
-            "save_steps": 3,
+            # One checkpoint, at the end: a configuration is short, an interrupted one starts over.
+            "save_steps": 1000,
             "save_total_limit": 1,
+            "keep_checkpoints": False,
             "logging_steps": 1,
             "precision": "fp32",
         },
-        eval={"batch_size": 25, "max_new_tokens": 12},
+        eval={"batch_size": 20, "max_new_tokens": 12},
         notes=(
-            "Budget: about 180k training tokens at ~100 tokens/s (PAPER.md section 5 measured 120-137) "
-            "plus 14 evaluations of 50 questions; about 45-50 minutes on an idle 2-core machine.",
-            "48 training examples per dataset (the first of the train split), 1 epoch = 6 steps of 8; "
-            "task inputs capped at 128 content tokens (PubMedQA abstracts are cut), rationales at 40.",
-            "The same first 50 dev questions for every configuration of a dataset (paired); standard "
-            "errors are about 7 points, so differences between methods are inside the noise.",
+            "Budget (idle 2-core machine, ~100 training tokens/s as PAPER.md section 5 measured): about "
+            "150k training tokens (~25 min) for 12 trainings, 14 evaluations of 40 questions with "
+            "generation + option likelihood + calibration (~1 min each), loading/export ~4 min: ~45 min.",
+            "40 training examples per dataset (the first of the train split), 1 epoch = 5 steps of 8; task "
+            "inputs capped at 128 content tokens (PubMedQA abstracts are cut), rationales at 40 tokens.",
+            "The same first 40 dev questions for every configuration of a dataset (paired); standard "
+            "errors are about 7-8 points, so differences between methods are inside the noise.",
             "alpha sweep on ARC only, at 0.1 and 2 besides the main 0.5 (paper: 0.01, 0.1, 0.5, 1, 2, 3).",
-            "lr 1e-4 for full fine-tuning (5e-5 barely moves the model in 6 steps); LoRA r 16 at 2e-4.",
+            "lr 1e-4 for full fine-tuning (5e-5 barely moves the model in 5 steps); LoRA r 16 at 2e-4.",
+            "A busy machine (other jobs on the 2 cores) stretches every figure above proportionally.",
         ),
     ),
     "paper": Preset(

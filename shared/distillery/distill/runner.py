@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from sqlalchemy import select
+from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -348,9 +349,20 @@ def _train_and_evaluate(
             examples = _eval_examples(session, run)
         if torch.cuda.is_available():
             eval_model = eval_model.to("cuda")
-        result: EvalResult = evaluate(
-            eval_model, encoder, examples, eval_options(cfg), {t.name: t.prefix for t in run.teachers}
-        )
+        with tqdm(
+            total=len(examples),
+            unit="q",
+            desc=f"eval {cfg.dataset}/{cfg.eval.split}",
+            disable=not progress_bar,
+        ) as bar:
+            result: EvalResult = evaluate(
+                eval_model,
+                encoder,
+                examples,
+                eval_options(cfg),
+                {t.name: t.prefix for t in run.teachers},
+                progress=bar.update,
+            )
         result.write_predictions(paths.predictions(cfg.eval.split))
         metrics["eval"] = {"split": cfg.eval.split, **result.metrics}
         metrics["predictions"] = str(paths.predictions(cfg.eval.split))
@@ -370,6 +382,9 @@ def _train_and_evaluate(
             else:
                 existing.metrics = metrics.get("eval", {})
             model_id = existing.id
+    if cfg.trains and not hp.keep_checkpoints:
+        # The exported, evaluated model is the result; optimizer states are GBs no one resumes from.
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
     return metrics, output_dir, model_id
 
 

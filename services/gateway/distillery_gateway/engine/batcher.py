@@ -1,7 +1,8 @@
 """Dynamic micro-batching: requests that arrive within a few milliseconds share one batched call.
 
-Jobs wait in a bounded FIFO; a single loop takes the oldest job, waits up to `wait_s` for companions
-(or until `max_rows` rows are waiting), takes every waiting job with the same batch key that still fits,
+Jobs wait in a bounded FIFO; a single loop takes the oldest job, waits for companions while they keep
+arriving (gaps under `wait_s`, at most a few windows, or until `max_rows` rows are waiting), takes every
+waiting job with the same batch key that still fits,
 and runs them as one call on a one-thread executor, so the model runs one batch at a time and the event
 loop stays free. Requests that arrive while a batch runs form the next one. A full queue raises
 `QueueFull` at once (back-pressure) instead of growing without bound.
@@ -21,6 +22,8 @@ from typing import Any
 from distillery_gateway.engine.types import ModelNotReady, QueueFull
 
 log = logging.getLogger(__name__)
+
+MAX_WAIT_FACTOR = 5  # a batch waits for companions at most this many windows
 
 
 @dataclass(eq=False)
@@ -69,6 +72,7 @@ class MicroBatcher:
         max_queue: int,
         name: str = "batch",
         on_batch: BatchObserver | None = None,
+        thread_init: Callable[[], None] | None = None,
     ):
         self._run_batch = run_batch
         self.max_rows = max_rows
@@ -77,10 +81,11 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._pending: deque[Job] = deque()
         self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=thread_init)
         self._task: asyncio.Task | None = None
         self._closed = False
         self.running_rows = 0
+        self._last_rows = 0
 
     @property
     def depth(self) -> int:
@@ -133,17 +138,29 @@ class MicroBatcher:
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
 
     async def _gather_window(self) -> None:
-        """After the first job arrives, wait up to `wait_s` for more (or until a batch is full)."""
+        """Wait for companions: until a quiet gap of `wait_s`, a full batch, or `MAX_WAIT_FACTOR * wait_s`.
+
+        While fewer rows wait than the last batch carried, quiet gaps do not end the wait: under steady
+        load the clients of the batch that just finished come back within milliseconds, and waiting for
+        them keeps batches full instead of splitting them into a big and a small one for good.
+        """
         if self.wait_s <= 0:
             return
-        deadline = asyncio.get_running_loop().time() + self.wait_s
-        while sum(j.rows for j in self._pending) < self.max_rows:
-            remaining = deadline - asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s * MAX_WAIT_FACTOR
+        while (rows := sum(j.rows for j in self._pending)) < self.max_rows:
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 return
+            expecting = rows < self._last_rows
             self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+            try:
+                await asyncio.wait_for(
+                    self._arrived.wait(), remaining if expecting else min(self.wait_s, remaining)
+                )
+            except TimeoutError:
+                if not expecting:
+                    return  # a quiet gap: the burst is over
 
     def _take(self) -> list[Job]:
         """The oldest job plus every waiting job with its key that still fits, in arrival order."""
@@ -176,7 +193,7 @@ class MicroBatcher:
             batch = self._take()
             if not batch:
                 continue
-            self.running_rows = sum(j.rows for j in batch)
+            self.running_rows = self._last_rows = sum(j.rows for j in batch)
             if self._on_batch is not None:
                 self._on_batch(self.running_rows)
             try:

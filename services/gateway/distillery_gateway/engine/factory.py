@@ -19,7 +19,7 @@ def backend_factory(settings: Settings, metrics: GatewayMetrics | None = None) -
             from distillery_gateway.engine.vllm_backend import VLLMBackend
 
             assert settings.vllm_url is not None
-            return VLLMBackend(
+            backend = VLLMBackend(
                 settings.vllm_url,
                 model.path,
                 settings.vllm_model,
@@ -27,6 +27,8 @@ def backend_factory(settings: Settings, metrics: GatewayMetrics | None = None) -
                 max_in_flight=settings.batch_queue_size,
                 api_key=settings.vllm_api_key,
             )
+            backend.connect()
+            return backend
         from distillery_gateway.engine.transformers_backend import TransformersBackend
 
         return TransformersBackend(
@@ -35,6 +37,7 @@ def backend_factory(settings: Settings, metrics: GatewayMetrics | None = None) -
             batch_wait_ms=settings.batch_wait_ms,
             queue_size=settings.batch_queue_size,
             on_batch=metrics.batch_size.observe if metrics else None,
+            threads=settings.student_threads,
         )
 
     return build

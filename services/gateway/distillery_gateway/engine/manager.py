@@ -3,13 +3,15 @@
 `sync()` reads the registry (the production model, or the configured default when none is
 promoted), loads a different target in the background and swaps it in with one assignment. Requests
 hold a lease on the model they started with, so in-flight work finishes on the old model; the old
-backend is closed when its last lease ends. A load that fails leaves the current model serving.
+backend is closed when its last lease ends. A load that fails leaves the current model serving (it is
+tried again a minute later).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -32,6 +34,9 @@ class ModelNotFound(LookupError):
 
 
 DISABLED = ("", "none")
+# A target that failed to load is tried again after this long (e.g. vLLM rolled out the model meanwhile).
+RETRY_FAILED_S = 60.0
+SERVED_ALIAS = "student"  # clients that want "the production student" whatever its name and version
 
 
 def version_id(name: str, version: int) -> str:
@@ -53,8 +58,13 @@ class ServedModel:
     aliases: tuple[str, ...] = ()
 
     @property
+    def all_aliases(self) -> tuple[str, ...]:
+        """Its aliases plus `student`, the name that reaches whatever this replica serves."""
+        return tuple(dict.fromkeys(a for a in (*self.aliases, SERVED_ALIAS) if a != self.id))
+
+    @property
     def names(self) -> tuple[str, ...]:
-        return (self.id, *self.aliases)
+        return (self.id, *self.all_aliases)
 
     @property
     def key(self) -> tuple:
@@ -103,7 +113,7 @@ class ModelManager:
         self.metrics = metrics
         self._slot: _Slot | None = None
         self._lock = asyncio.Lock()
-        self._failed: dict[tuple, str] = {}
+        self._failed: dict[tuple, float] = {}  # target key -> when its load failed
         self.last_error: str | None = None
         self.loading: ServedModel | None = None
         self.nothing_to_serve = False
@@ -156,7 +166,8 @@ class ModelManager:
                 return False
             if self._slot is not None and self._slot.model.key == target.key:
                 return False
-            if target.key in self._failed:
+            failed_at = self._failed.get(target.key)
+            if failed_at is not None and time.monotonic() - failed_at < RETRY_FAILED_S:
                 return False
             return await self._swap_to(target)
 
@@ -165,7 +176,8 @@ class ModelManager:
         try:
             backend = await asyncio.to_thread(self._build, target)
         except Exception as exc:
-            self._failed[target.key] = self.last_error = f"{type(exc).__name__}: {exc}"
+            self._failed[target.key] = time.monotonic()
+            self.last_error = f"{type(exc).__name__}: {exc}"
             log.error(
                 "loading %s from %s failed; still serving %s: %s",
                 target.id,

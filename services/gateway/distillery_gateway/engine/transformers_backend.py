@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -157,6 +158,7 @@ class TransformersBackend(Backend):
         batch_wait_ms: float = 5.0,
         queue_size: int = 256,
         on_batch: Callable[[int], None] | None = None,
+        threads: int | None = None,
     ):
         self.codec = Codec(path)
         config = AutoConfig.from_pretrained(str(path))
@@ -164,6 +166,10 @@ class TransformersBackend(Backend):
         self.device = _device()
         with _LOAD_LOCK:
             self.model = auto.from_pretrained(str(path), dtype=torch.float32).to(self.device).eval()
+        # Intra-op threads of the generate thread only (the setting is per thread): by default half the
+        # cores, leaving the rest to HTTP; more threads than free cores make every step wait on the
+        # slowest one, which on a busy host costs far more than it gains.
+        self.threads = threads or max(1, (os.cpu_count() or 2) // 2)
         self.seq2seq = self.codec.seq2seq
         self.eos = set(self.codec.eos_ids)
         self.batcher = MicroBatcher(
@@ -173,6 +179,7 @@ class TransformersBackend(Backend):
             max_queue=queue_size,
             name="generate",
             on_batch=on_batch,
+            thread_init=lambda: torch.set_num_threads(self.threads),
         )
 
     @property
@@ -220,17 +227,13 @@ class TransformersBackend(Backend):
 
     def _run(self, jobs: Sequence[Job]) -> None:
         if isinstance(jobs[0].payload, _Score):
+            # One forward pass per job (its options side by side): a job's scores never depend on
+            # which other jobs happened to share the batch.
             with torch.inference_mode():
                 for job in jobs:
-                    p = job.payload
-                    job.resolve(
-                        [
-                            lp
-                            for lp, _ in self._logprobs(
-                                [p.prompt_ids] * len(p.continuations), p.continuations
-                            )
-                        ]
-                    )
+                    p: _Score = job.payload
+                    scored = self._logprobs([p.prompt_ids] * len(p.continuations), p.continuations)
+                    job.resolve([chosen for chosen, _ in scored])
             return
         self._generate(jobs)
 

@@ -72,20 +72,33 @@ class VLLMBackend(Backend):
     def queue_depth(self) -> int:
         return self.in_flight
 
+    def _pick(self, served: list[str], candidates: Sequence[str]) -> str:
+        for name in candidates:
+            if name in served:
+                return name
+        if len(served) == 1:
+            return served[0]
+        raise UpstreamError(f"the vLLM server serves {served}, none of {list(candidates)}", 503)
+
+    def connect(self) -> None:
+        """Check (blocking, at load time) that the server is up and serves our model, so that a swap
+        to a model vLLM does not serve yet fails and leaves the current one serving."""
+        if self.upstream_model:
+            return
+        try:
+            response = httpx.get(f"{self.base_url}/models", headers=self.client.headers, timeout=30)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"vLLM server at {self.base_url} unreachable: {type(exc).__name__}") from exc
+        self.upstream_model = self._pick([m["id"] for m in response.json().get("data", [])], self.candidates)
+
     async def resolve_upstream_model(self, candidates: Sequence[str]) -> str:
         """The upstream's name for our model: the first candidate it serves, else its only model."""
         if self.upstream_model:
             return self.upstream_model
         response = await self._request("GET", "/models")
-        served = [m["id"] for m in response.json().get("data", [])]
-        for name in candidates:
-            if name in served:
-                self.upstream_model = name
-                return name
-        if len(served) == 1:
-            self.upstream_model = served[0]
-            return served[0]
-        raise UpstreamError(f"the vLLM server serves {served}, none of {list(candidates)}", 503)
+        self.upstream_model = self._pick([m["id"] for m in response.json().get("data", [])], candidates)
+        return self.upstream_model
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:

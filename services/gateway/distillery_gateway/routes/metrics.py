@@ -11,7 +11,7 @@ from distillery_gateway.errors import APIError
 router = APIRouter(tags=["operations"])
 
 
-def admin_unless_public(request: Request) -> None:
+async def admin_unless_public(request: Request) -> None:
     """403 without an `admin` key, unless DISTILLERY_METRICS_PUBLIC=true (then open to scrapers)."""
     if request.app.state.settings.metrics_public:
         return

@@ -13,7 +13,7 @@ router = APIRouter(tags=["openai"])
 
 
 @router.get("/v1/models", response_model=ModelList)
-def list_models(request: Request, _: PrincipalDep) -> ModelList:
+async def list_models(request: Request, _: PrincipalDep) -> ModelList:
     """The model version this replica serves, then its aliases (e.g. the registry name)."""
     return request.app.state.serving_models.list()
 
@@ -21,7 +21,7 @@ def list_models(request: Request, _: PrincipalDep) -> ModelList:
 @router.get(
     "/v1/models/{model}", response_model=ModelCard, responses={404: {"description": "Not served here."}}
 )
-def retrieve_model(
+async def retrieve_model(
     model: Annotated[str, Path(min_length=1, max_length=300, description="A model id or alias.")],
     request: Request,
     _: PrincipalDep,

@@ -21,7 +21,7 @@ class ModelsServing:
             ModelCard(
                 id=alias, created=served.created, root=served.id, parent=served.id, max_model_len=context
             )
-            for alias in served.aliases
+            for alias in served.all_aliases
         ]
         return ModelList(data=cards)
 
