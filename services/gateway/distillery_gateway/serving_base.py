@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
+from starlette.responses import Response
 
 from distillery.config import Settings
 from distillery_gateway.engine.backend import Backend
@@ -27,6 +28,13 @@ log = logging.getLogger(__name__)
 
 RETRY_QUEUE_FULL_S = 1
 RETRY_LOADING_S = 5
+
+
+def json_response(result: BaseModel | Response) -> Response:
+    """A serving result as the HTTP response: already validated models skip FastAPI's second pass."""
+    if isinstance(result, Response):
+        return result
+    return Response(result.model_dump_json(), media_type="application/json")
 
 
 def new_id(prefix: str) -> str:

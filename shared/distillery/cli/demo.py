@@ -157,7 +157,7 @@ def demo(
         "for the GPU teachers (vLLM serving 7B+ models) of a real deployment, and the paper's own FLAN-T5-XL "
         "and LLaMA-2 rationales are added for the same questions. Training a 135M student on a few dozen "
         "questions for a few minutes shows the pipeline working end to end; it is not expected to move "
-        "accuracy beyond noise (see docs/RESULTS.md for the measured experiments)."
+        "accuracy beyond noise (`distillery experiments run` measures the methods properly)."
     )
     gateway_port = _free_port(port)
     stack = Stack(settings.home, gateway_port, _free_port(8100))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from distillery_gateway.deps import require_scope
 from distillery_gateway.errors import ErrorResponse
@@ -12,6 +13,7 @@ from distillery_gateway.predict.protocol import (
     Prediction,
     PredictRequest,
 )
+from distillery_gateway.serving_base import json_response
 
 router = APIRouter(tags=["predict"], dependencies=[require_scope("infer")])
 
@@ -22,12 +24,12 @@ RESPONSES = {
 
 
 @router.post("/v1/predict", response_model=Prediction, responses=RESPONSES)
-async def predict(body: PredictRequest, request: Request) -> Prediction:
+async def predict(body: PredictRequest, request: Request) -> Response:
     """Answer one multiple-choice question: a valid option index, optionally with a rationale."""
-    return await request.app.state.serving_predict.predict(body)
+    return json_response(await request.app.state.serving_predict.predict(body))
 
 
 @router.post("/v1/predict/batch", response_model=BatchPrediction, responses=RESPONSES)
-async def predict_batch(body: BatchPredictRequest, request: Request) -> BatchPrediction:
+async def predict_batch(body: BatchPredictRequest, request: Request) -> Response:
     """Answer several questions in one request; they share batched generate calls."""
-    return await request.app.state.serving_predict.predict_batch(body)
+    return json_response(await request.app.state.serving_predict.predict_batch(body))

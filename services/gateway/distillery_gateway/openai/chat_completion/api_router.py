@@ -11,6 +11,7 @@ from distillery_gateway.openai.chat_completion.protocol import (
     ChatCompletionResponse,
 )
 from distillery_gateway.openai.responses import serving_responses
+from distillery_gateway.serving_base import json_response
 
 router = APIRouter(tags=["openai"])
 
@@ -21,8 +22,6 @@ router = APIRouter(tags=["openai"])
     responses=serving_responses("ChatCompletionStreamResponse"),
     dependencies=[require_scope("infer")],
 )
-async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request
-) -> ChatCompletionResponse | Response:
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     """OpenAI chat completions, rendered with the model's chat template; `stream: true` for SSE."""
-    return await request.app.state.serving_chat.create(body)
+    return json_response(await request.app.state.serving_chat.create(body))

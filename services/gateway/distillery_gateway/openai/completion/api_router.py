@@ -11,6 +11,7 @@ from distillery_gateway.openai.completion.protocol import (
     CompletionResponse,
 )
 from distillery_gateway.openai.responses import serving_responses
+from distillery_gateway.serving_base import json_response
 
 router = APIRouter(tags=["openai"])
 
@@ -21,6 +22,6 @@ router = APIRouter(tags=["openai"])
     responses=serving_responses("CompletionStreamResponse"),
     dependencies=[require_scope("infer")],
 )
-async def create_completion(body: CompletionRequest, request: Request) -> CompletionResponse | Response:
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
     """OpenAI completions: text or token-id prompts, `n`, `stop`, `seed`, `logprobs`, `echo`, streaming."""
-    return await request.app.state.serving_completion.create(body)
+    return json_response(await request.app.state.serving_completion.create(body))

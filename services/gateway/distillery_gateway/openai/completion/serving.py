@@ -111,7 +111,10 @@ class CompletionServing(ServingBase):
                 events = self._events(served.id, prompts, params, streams, include_usage)
                 return self.sse(stack, events)
             with engine_errors(self.manager):
-                generations = await asyncio.gather(*(backend.generate(ids, params) for _, ids in prompts))
+                if len(prompts) == 1:
+                    generations = [await backend.generate(prompts[0][1], params)]
+                else:
+                    generations = await asyncio.gather(*(backend.generate(ids, params) for _, ids in prompts))
             return self._response(served.id, prompts, params, generations)
         finally:
             if not streaming:
