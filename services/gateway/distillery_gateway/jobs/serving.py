@@ -20,12 +20,12 @@ from distillery.store import jobs
 from distillery.store import models as m
 from distillery.store import rationales as rat_store
 from distillery.teachers import registry
+from distillery_gateway.accepted import IDEMPOTENCY_HEADER
 from distillery_gateway.errors import APIError
 from distillery_gateway.jobs import protocol as p
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 ERRORS_SHOWN = 20
 
 

@@ -10,10 +10,11 @@ from sqlalchemy.orm import Session
 from sse_starlette.sse import EventSourceResponse
 
 from distillery.store.db import session_factory
+from distillery_gateway.accepted import IDEMPOTENCY_HEADER, accepted
 from distillery_gateway.deps import PrincipalDep, SessionDep, require_scope
 from distillery_gateway.jobs import protocol as p
 from distillery_gateway.jobs.events import progress_events
-from distillery_gateway.jobs.serving import IDEMPOTENCY_HEADER, JobService, export_jsonl
+from distillery_gateway.jobs.serving import JobService, export_jsonl
 
 router = APIRouter(prefix="/v1/rationale-jobs", tags=["rationale jobs"])
 
@@ -33,10 +34,7 @@ def create_job(
 ) -> JSONResponse:
     """Queue a job (202). The same Idempotency-Key with the same body returns the same job."""
     view, created = _service(request, session).create(body, idempotency_key)
-    headers = {"Location": f"/v1/rationale-jobs/{view.id}"}
-    if not created:
-        headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)
+    return accepted(view, f"/v1/rationale-jobs/{view.id}", created)
 
 
 @router.get("", response_model=p.RationaleJobList)

@@ -9,10 +9,11 @@ from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
 
 from distillery.store.db import session_factory
+from distillery_gateway.accepted import IDEMPOTENCY_HEADER, accepted
 from distillery_gateway.deps import PrincipalDep, SessionDep, require_scope
 from distillery_gateway.training import protocol as p
 from distillery_gateway.training.events import progress_events
-from distillery_gateway.training.serving import IDEMPOTENCY_HEADER, TrainingService
+from distillery_gateway.training.serving import TrainingService
 
 router = APIRouter(prefix="/v1/training-runs", tags=["training runs"])
 
@@ -34,10 +35,7 @@ def create_run(
 ) -> JSONResponse:
     """Queue a run on the trainer (202). The same Idempotency-Key with the same body returns the same run."""
     view, created = _service(request, session).create(body, idempotency_key)
-    headers = {"Location": f"/v1/training-runs/{view.id}"}
-    if not created:
-        headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(view.model_dump(mode="json"), status_code=202, headers=headers)
+    return accepted(view, f"/v1/training-runs/{view.id}", created)
 
 
 @router.get("", response_model=p.TrainingRunList)

@@ -17,12 +17,11 @@ from distillery.distill.config import TrainConfig
 from distillery.queue import QUEUE_TRAIN, TASK_TRAIN
 from distillery.store import models as m
 from distillery.store import runs as run_store
+from distillery_gateway.accepted import IDEMPOTENCY_HEADER
 from distillery_gateway.errors import APIError
 from distillery_gateway.training import protocol as p
 
 log = logging.getLogger(__name__)
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def _ts(value: datetime | None) -> int | None:
