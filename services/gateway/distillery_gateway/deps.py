@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from distillery import apikeys
 from distillery.config import Settings
-from distillery.store.db import session_factory
+from distillery.store.db import session_factory, session_scope
 from distillery_gateway.errors import APIError
 
 
@@ -28,15 +28,8 @@ async def get_settings(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    session = session_factory(request.app.state.database_url)()
-    try:
+    with session_scope(request.app.state.database_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
