@@ -3,7 +3,7 @@
 Routes are enumerated from `app.routes` (through FastAPI's included routers), so a route added later
 is covered without editing this file. A route's scope is what its `require_scope(...)` dependency says
 (routes without one are reads: any valid key). Only the health probes and the OpenAPI pages may
-answer without a key.
+answer without a key; the dashboard's pages (/ui) redirect to its login page instead of a 401.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ PUBLIC_API = {"/healthz", "/readyz"}
 # FastAPI's own pages: the OpenAPI document describes the API and serves nothing (as in vLLM).
 DOC_PAGES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 DENIED = {401, 403}
+# The dashboard: its pages send a browser without a session to the login page (tests/test_ui_session.py);
+# only the login form and the static assets answer without one.
+UI_PREFIX = "/ui"
+UI_PUBLIC = {"/ui/login", "/ui/static/{name}"}
 
 
 def required_scope(route: RouteContext) -> str | None:
@@ -51,7 +55,11 @@ def app_client(settings: Settings) -> Iterator[TestClient]:
 def operations(client: TestClient) -> list[tuple[str, str, str | None]]:
     ops = []
     for route in iter_route_contexts(client.app.routes):
-        if isinstance(route.original_route, APIRoute) and route.path not in PUBLIC_API:
+        if (
+            isinstance(route.original_route, APIRoute)
+            and route.path not in PUBLIC_API
+            and not route.path.startswith(UI_PREFIX)
+        ):
             ops += [(method, route.path, required_scope(route)) for method in sorted(route.methods)]
     return ops
 
@@ -59,7 +67,12 @@ def operations(client: TestClient) -> list[tuple[str, str, str | None]]:
 def call(client: TestClient, method: str, path: str, key: str | None):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     body = {} if method in ("POST", "PUT", "PATCH") else None
-    return client.request(method, concrete(path), headers=headers, json=body)
+    return client.request(method, concrete(path), headers=headers, json=body, follow_redirects=False)
+
+
+def denied(response) -> bool:
+    to_login = response.status_code == 303 and response.headers["location"].startswith("/ui/login")
+    return response.status_code in DENIED or to_login
 
 
 def test_every_route_checks_key_and_scope(app_client: TestClient, settings: Settings) -> None:
@@ -106,9 +119,9 @@ def test_only_health_and_docs_answer_without_a_key(app_client: TestClient) -> No
         for method in methods:
             if method == "HEAD":
                 continue
-            if call(app_client, method, route.path, None).status_code not in DENIED:
+            if not denied(call(app_client, method, route.path, None)):
                 open_paths.add(route.path)
-    assert open_paths == PUBLIC_API | DOC_PAGES
+    assert open_paths == PUBLIC_API | DOC_PAGES | UI_PUBLIC
 
 
 def test_metrics_can_be_made_public_for_scrapers(settings: Settings) -> None:

@@ -87,6 +87,14 @@ def verify_key(session: Session, key: str, pepper: str = "", prefix: str = "dst_
     return Principal(row.key_id, row.name, frozenset(row.scopes))
 
 
+def principal_by_id(session: Session, key_id: str) -> Principal | None:
+    """The principal of a key known by its id (a dashboard session holds only the id); None if revoked."""
+    row = session.scalars(select(m.ApiKey).where(m.ApiKey.key_id == key_id)).one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    return Principal(row.key_id, row.name, frozenset(row.scopes))
+
+
 def revoke_key(session: Session, key_id: str) -> bool:
     row = session.scalars(select(m.ApiKey).where(m.ApiKey.key_id == key_id)).one_or_none()
     if row is None:

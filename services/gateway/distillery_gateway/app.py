@@ -44,6 +44,7 @@ from distillery_gateway.routes import jobs as jobs_routes
 from distillery_gateway.routes import metrics as metrics_routes
 from distillery_gateway.routes import teachers as teachers_routes
 from distillery_gateway.routes import training as training_routes
+from distillery_gateway.ui import routes as ui_routes
 
 OPENAI_ROUTERS: tuple[APIRouter, ...] = (models_router.router, completion_router.router, chat_router.router)
 
@@ -119,4 +120,5 @@ def create_app(
     app.include_router(jobs_routes.router)
     app.include_router(teachers_routes.router)
     app.include_router(training_routes.router)
+    ui_routes.install(app)  # the dashboard at /ui
     return app

@@ -21,6 +21,7 @@ from distillery import apikeys
 from distillery.config import Settings
 from distillery.store.db import session_factory, session_scope
 from distillery_gateway.errors import APIError
+from distillery_gateway.ui.session import api_principal as session_principal
 
 
 async def get_settings(request: Request) -> Settings:
@@ -90,11 +91,18 @@ class KeyCache:
 
 
 async def get_principal(request: Request) -> apikeys.Principal:
-    """401 without a valid key. Keys come as `Authorization: Bearer <key>`; checked once per request."""
+    """401 without a valid key. Keys come as `Authorization: Bearer <key>` (or a dashboard session
+    cookie); checked once per request."""
     # Async, so that routes reading the principal already checked by `authenticate` need no thread.
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
+    if "authorization" not in request.headers:
+        # The dashboard's calls come with its session cookie instead (CSRF-checked for unsafe methods).
+        principal = await session_principal(request)
+        if principal is not None:
+            request.state.principal = principal
+            return principal
     keys: KeyCache | None = getattr(request.app.state, "key_cache", None)
     principal = keys.get(request) if keys is not None else None
     if principal is None:
