@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -30,6 +31,7 @@ from distillery.records import Example
 TEACHERS = ("smollm2-135m", "gemma3-270m")
 PAPER_TEACHERS = ("flan-t5-xl", "llama-2-7b-chat")
 KEY_LINE = re.compile(r"admin key\s+(\S+)")
+ASK_CONCURRENCY = 8
 
 
 def _free_port(preferred: int) -> int:
@@ -125,19 +127,27 @@ def _wait(
 
 
 def _ask(base_url: str, key: str, model: str, questions: list[Example], desc: str) -> tuple[float, Counter]:
-    """Accuracy of `model` on `questions`, asked through the official openai SDK, and its letter counts."""
+    """Accuracy of `model` on `questions`, asked through the official openai SDK, and its letter counts.
+
+    Eight questions are in flight at a time, as concurrent users would send them: the gateway's
+    micro-batcher answers them in shared batches (greedy answers are the same as one at a time)."""
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=5, timeout=300)
-    correct, letters = 0, Counter()
-    for ex in tqdm(questions, desc=desc, unit="q"):
+
+    def pick(ex: Example) -> int | None:
         reply = client.chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": student_input(ex, ANSWER_PREFIX)}],
-            max_tokens=24,
+            max_tokens=16,
             temperature=0,
         )
-        picked = parse_answer(reply.choices[0].message.content or "", list(ex.options))
-        letters[option_letter(picked) if picked is not None else "?"] += 1
-        correct += picked == ex.answer
+        return parse_answer(reply.choices[0].message.content or "", list(ex.options))
+
+    correct, letters = 0, Counter()
+    with ThreadPoolExecutor(ASK_CONCURRENCY) as pool:
+        picks = tqdm(pool.map(pick, questions), total=len(questions), desc=desc, unit="q")
+        for ex, picked in zip(questions, picks, strict=True):
+            letters[option_letter(picked) if picked is not None else "?"] += 1
+            correct += picked == ex.answer
     return correct / len(questions), letters
 
 
@@ -184,7 +194,7 @@ def demo(
                     "ids": [ex.id for ex in train],
                     "teachers": list(TEACHERS),
                     "in_context": {"strategy": "random", "k": 2},
-                    "generation": {"max_tokens": 96},
+                    "generation": {"max_tokens": 64},
                 },
             )
             .raise_for_status()
@@ -225,8 +235,8 @@ def demo(
                         "learning_rate": 1e-4,
                         "batch_size": 4,
                         "epochs": 1,
-                        "max_input_tokens": 192,
-                        "max_target_tokens": 64,
+                        "max_input_tokens": 128,
+                        "max_target_tokens": 48,
                         "save_steps": 4,
                         "logging_steps": 1,
                     },
