@@ -63,7 +63,8 @@ def stack(
     database_url: str, redis_url: str, teacher_server: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[UIStack]:
     truncate_all(database_url)
-    redis_lib.Redis.from_url(redis_url).flushdb()
+    with redis_lib.Redis.from_url(redis_url) as client:
+        client.flushdb()
     tmp = tmp_path_factory.mktemp("ui")
     base = Settings(home=tmp / "home", database_url=database_url, redis_url=redis_url)
     settings = gateway_settings(base, default_model="none", rate_limit_per_minute=100_000)

@@ -7,6 +7,7 @@ OpenAI-shaped errors. Each feature folder brings its router; the app only includ
 
 Public without a key: /healthz, /readyz, /metrics when DISTILLERY_METRICS_PUBLIC=true, and (like
 vLLM's server) the OpenAPI document and its /docs and /redoc pages, which describe but serve nothing.
+The dashboard at /ui (`ui/`) checks its own session and sends a browser without one to its login page.
 """
 
 from __future__ import annotations
