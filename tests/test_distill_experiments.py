@@ -17,7 +17,8 @@ def test_cpu_small_grid_has_baselines_tinyllm_ablations_and_a_sweep():
     labels = {d: [e.label for e in grid if e.dataset == d] for d in ("arc", "pubmedqa")}
     base = ["inference-only", "label-ft", "lora", "tinyllm", "w/o flan-t5-xl", "w/o llama-2-7b-chat"]
     assert labels["pubmedqa"] == base
-    assert labels["arc"] == [*base, "alpha=0.1", "alpha=2"]
+    # The paper's sweep: 0.01, 0.1, 0.5 (the tinyllm row), 1, 2, 3.
+    assert labels["arc"] == [*base, "alpha=0.01", "alpha=0.1", "alpha=1", "alpha=2", "alpha=3"]
     assert len({e.idempotency_key() for e in grid}) == len(grid)
     for e in grid:
         # Paired comparison: every configuration of a dataset answers the same questions.

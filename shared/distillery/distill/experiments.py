@@ -22,7 +22,7 @@ from pathlib import Path
 from distillery.config import Settings
 from distillery.datasets import dataset_file, load_jsonl
 from distillery.distill.config import TrainConfig
-from distillery.distill.runner import execute_run
+from distillery.distill.runner import execute_run_in_process
 from distillery.store import models as m
 from distillery.store import runs as run_store
 from distillery.store.db import session_scope
@@ -305,7 +305,7 @@ def run_grid(
         if not done:
             if on_start is not None:
                 on_start(exp, run_id, created)
-            execute_run(database_url, run_id, settings, progress_bar=True)
+            execute_run_in_process(database_url, run_id, settings, progress_bar=True)
         with session_scope(database_url) as session:
             result = _result(exp, run_store.get_run(session, run_id))
         results.append(result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import time
@@ -203,6 +204,35 @@ def execute_run(
             log.info("run %s is being trained by another process; skipping", run_id)
             return "locked"
         return _execute(database_url, run_id, settings, progress_bar, on_progress)
+
+
+def execute_run_in_process(
+    database_url: str, run_id: str, settings: Settings, progress_bar: bool = False
+) -> str:
+    """`execute_run` in a fresh (spawned) process; returns the run's final status.
+
+    A grid of many runs in one process keeps growing: the allocator holds on to the arenas of every
+    model, optimizer and batch it has seen. A process per run hands all of it back when the run ends.
+    A process that dies without finishing its run (killed, out of memory) leaves it `failed` with the
+    exit code, to be retried by the next invocation.
+    """
+    context = multiprocessing.get_context("spawn")
+    child = context.Process(
+        target=execute_run, args=(database_url, run_id, settings, progress_bar), name=f"run-{run_id}"
+    )
+    child.start()
+    try:
+        child.join()
+    except KeyboardInterrupt:
+        child.join()  # Ctrl-C reached the child too: it records the cancel itself
+        raise
+    with session_scope(database_url) as session:
+        status = run_store.status_of(session, run_id) or "missing"
+        if child.exitcode != 0 and status not in run_store.FINISHED:
+            error = f"the training process exited with code {child.exitcode}"
+            run_store.finish_run(session, run_id, "failed", error=error)
+            status = "failed"
+    return status
 
 
 def _execute(
