@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import psutil
 
 from distillery.config import Settings, get_settings
 from distillery.distill.experiments import PRESETS, plan, prepare_data, run_grid
@@ -60,3 +66,52 @@ def test_grid_runs_once_and_a_second_invocation_skips_finished_configurations(
     written = plots(again, tmp_path)
     assert [p.name for p in written] == ["accuracy.png", "alpha.png", "loss_curves.png"]
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+# The grid's parent process under SIGTERM, as `distillery experiments run` is: SIGTERM -> SystemExit.
+SIGTERM_PARENT = """
+import sys
+from distillery.config import get_settings
+from distillery.distill.runner import execute_run_in_process
+from distillery.embedded import exit_on_sigterm
+with exit_on_sigterm():
+    execute_run_in_process(get_settings().database_url, sys.argv[1], get_settings())
+"""
+
+
+def test_sigterm_to_the_grid_stops_its_training_process_and_fails_the_run(settings: Settings, monkeypatch):
+    settings = settings.model_copy(update={"model_dir": get_settings().models})
+    prepare_data(settings.database_url, settings, ["arc"], ("train", "dev"))
+    exp = next(e for e in plan(PRESETS["smoke"], ["arc"]) if e.label == "label-ft")
+    config = exp.config.model_dump(mode="json")
+    config["hyperparameters"]["max_steps"] = 100_000  # still training when the signal comes
+    with session_scope(settings.database_url) as session:
+        run_id = run_store.create_run(session, config, "test-sigterm")[0].id
+    for name, value in {
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "DISTILLERY_HOME": str(settings.home),
+        "DISTILLERY_MODEL_DIR": str(settings.models),
+    }.items():
+        monkeypatch.setenv(name, value)
+    parent = subprocess.Popen([sys.executable, "-c", SIGTERM_PARENT, run_id])
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            with session_scope(settings.database_url) as session:
+                row = run_store.get_run(session, run_id)
+                if row.status == "running" and row.step >= 1:
+                    break
+            assert parent.poll() is None and time.monotonic() < deadline, "the run never started training"
+            time.sleep(0.5)
+        children = psutil.Process(parent.pid).children(recursive=True)
+        assert children
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        parent.kill()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, "the training process outlived the grid"
+    with session_scope(settings.database_url) as session:
+        row = run_store.get_run(session, run_id)
+        assert row.status == "failed" and "exited with code -15" in row.error

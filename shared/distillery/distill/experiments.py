@@ -85,7 +85,7 @@ PRESETS: dict[str, Preset] = {
         description="SmolLM2-135M-Instruct, fp32 on 2 CPU cores, within an hour: slices of ARC and PubMedQA.",
         student="smollm2-135m",
         datasets=("arc", "pubmedqa"),
-        train_limit=40,
+        train_limit=32,
         eval_split="dev",
         eval_limit=40,
         alpha=0.5,
@@ -96,7 +96,7 @@ PRESETS: dict[str, Preset] = {
             "epochs": 1,
             "learning_rate": 1e-4,
             "max_input_tokens": 128,
-            "max_target_tokens": 40,
+            "max_target_tokens": 32,
             # One checkpoint, at the end: a configuration is short, an interrupted one starts over.
             "save_steps": 1000,
             "save_total_limit": 1,
@@ -106,15 +106,15 @@ PRESETS: dict[str, Preset] = {
         },
         eval={"batch_size": 20, "max_new_tokens": 12},
         notes=(
-            "Budget (idle 2-core machine, ~100 training tokens/s as PAPER.md section 5 measured): about "
-            "180k training tokens (~30 min) for 15 trainings, 17 evaluations of 40 questions with "
-            "generation + option likelihood + calibration (~1 min each), loading/export ~5 min: ~52 min.",
-            "40 training examples per dataset (the first of the train split), 1 epoch = 5 steps of 8; task "
-            "inputs capped at 128 content tokens (PubMedQA abstracts are cut), rationales at 40 tokens.",
+            "Budget (idle 2-core machine): a three-task TinyLLM step of 8 questions takes ~40 s in fp32, a "
+            "label step ~15 s; 15 trainings of 4 steps (~30 min), 17 evaluations of 40 questions with "
+            "generation + option likelihood + calibration (~55 s each), loading/export ~15 s a run: ~50 min.",
+            "32 training examples per dataset (the first of the train split), 1 epoch = 4 steps of 8; task "
+            "inputs capped at 128 content tokens (PubMedQA abstracts are cut), rationales at 32 tokens.",
             "The same first 40 dev questions for every configuration of a dataset (paired); standard "
             "errors are about 7-8 points, so differences between methods are inside the noise.",
             "alpha sweep (the paper's 0.01, 0.1, 0.5, 1, 2, 3) on ARC only.",
-            "lr 1e-4 for full fine-tuning (5e-5 barely moves the model in 5 steps); LoRA r 16 at 2e-4.",
+            "lr 1e-4 for full fine-tuning (5e-5 barely moves the model in 4 steps); LoRA r 16 at 2e-4.",
             "A busy machine (other jobs on the 2 cores) stretches every figure above proportionally.",
         ),
     ),

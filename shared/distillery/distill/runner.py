@@ -43,6 +43,8 @@ from distillery.store.registry import register_model
 
 log = logging.getLogger(__name__)
 
+CHILD_STOP_TIMEOUT_S = 30.0
+
 PROGRESS_INTERVAL_S = 2.0
 CURVE_KEYS = ("loss", "learning_rate", "grad_norm", "epoch")
 
@@ -226,10 +228,25 @@ def execute_run_in_process(
     except KeyboardInterrupt:
         child.join()  # Ctrl-C reached the child too: it records the cancel itself
         raise
+    except BaseException:
+        # The parent is going (SIGTERM arrives as SystemExit): the run must not outlive it, nor stay
+        # `running` in the database; it is `failed` now and the next invocation resumes it.
+        child.terminate()
+        child.join(CHILD_STOP_TIMEOUT_S)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        _record_exit(database_url, run_id, child.exitcode)
+        raise
+    return _record_exit(database_url, run_id, child.exitcode)
+
+
+def _record_exit(database_url: str, run_id: str, exitcode: int | None) -> str:
+    """The run's status once its process has gone; `failed` if it went without finishing the run."""
     with session_scope(database_url) as session:
         status = run_store.status_of(session, run_id) or "missing"
-        if child.exitcode != 0 and status not in run_store.FINISHED:
-            error = f"the training process exited with code {child.exitcode}"
+        if exitcode != 0 and status not in run_store.FINISHED:
+            error = f"the training process exited with code {exitcode}"
             run_store.finish_run(session, run_id, "failed", error=error)
             status = "failed"
     return status
