@@ -106,9 +106,9 @@ PRESETS: dict[str, Preset] = {
         },
         eval={"batch_size": 20, "max_new_tokens": 12},
         notes=(
-            "Budget (idle 2-core machine): a three-task TinyLLM step of 8 questions takes ~40 s in fp32, a "
-            "label step ~15 s; 15 trainings of 4 steps (~30 min), 17 evaluations of 40 questions with "
-            "generation + option likelihood + calibration (~55 s each), loading/export ~15 s a run: ~50 min.",
+            "Budget (idle 2-core machine): a three-task TinyLLM step of 8 questions takes ~45 s in fp32, a "
+            "label step ~13 s; 15 trainings of 4 steps (~32 min), 17 evaluations of 40 questions with "
+            "generation + option likelihood + calibration (~55 s each), loading/export ~15 s a run: ~47 min.",
             "32 training examples per dataset (the first of the train split), 1 epoch = 4 steps of 8; task "
             "inputs capped at 128 content tokens (PubMedQA abstracts are cut), rationales at 32 tokens.",
             "The same first 40 dev questions for every configuration of a dataset (paired); standard "
