@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -79,7 +80,7 @@ with exit_on_sigterm():
 """
 
 
-def test_sigterm_to_the_grid_stops_its_training_process_and_fails_the_run(settings: Settings, monkeypatch):
+def test_sigterm_to_the_grid_stops_its_training_process_and_fails_the_run(settings: Settings):
     settings = settings.model_copy(update={"model_dir": get_settings().models})
     prepare_data(settings.database_url, settings, ["arc"], ("train", "dev"))
     exp = next(e for e in plan(PRESETS["smoke"], ["arc"]) if e.label == "label-ft")
@@ -87,14 +88,14 @@ def test_sigterm_to_the_grid_stops_its_training_process_and_fails_the_run(settin
     config["hyperparameters"]["max_steps"] = 100_000  # still training when the signal comes
     with session_scope(settings.database_url) as session:
         run_id = run_store.create_run(session, config, "test-sigterm")[0].id
-    for name, value in {
+    env = {
+        **os.environ,
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "DISTILLERY_HOME": str(settings.home),
         "DISTILLERY_MODEL_DIR": str(settings.models),
-    }.items():
-        monkeypatch.setenv(name, value)
-    parent = subprocess.Popen([sys.executable, "-c", SIGTERM_PARENT, run_id])
+    }
+    parent = subprocess.Popen([sys.executable, "-c", SIGTERM_PARENT, run_id], env=env)
     try:
         deadline = time.monotonic() + 180
         while True:
