@@ -23,6 +23,7 @@ up: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	VENV=$(VENV) bash scripts/typecheck.sh
 	VENV=$(VENV) bash scripts/validate-deploy.sh
 
 test: lint

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from distillery import apikeys
 from distillery.config import Settings
-from distillery.embedded import running_services
+from distillery_launcher.embedded import running_services
 from distillery.modelhub import resolve_model
 from distillery.store.db import session_scope
 from distillery.store.migrate import scratch_database
@@ -65,7 +65,7 @@ def gateway(database_url: str, redis_url: str, model: Path, batch_max_size: int,
     argv = [
         sys.executable,
         "-m",
-        "distillery.cli.main",
+        "distillery_launcher.cli.main",
         "gateway",
         "--port",
         str(port),

@@ -35,8 +35,8 @@ from tqdm import tqdm
 from distillery import apikeys
 from distillery.config import Settings, get_settings
 from distillery.datasets import load_jsonl, sample_file
-from distillery.embedded import running_services
-from distillery.incontext import InContextSelector
+from distillery_launcher.embedded import running_services
+from distillery.rationales.incontext import InContextSelector
 from distillery.records import Demonstration
 from distillery.store import examples as ex_store
 from distillery.store import models as m

@@ -16,7 +16,7 @@ import time
 from tqdm import tqdm
 
 from distillery.config import get_settings
-from distillery.embedded import running_services
+from distillery_launcher.embedded import running_services
 from distillery.records import Example
 from distillery.store import examples as ex_store
 from distillery.store import models as m

@@ -19,7 +19,7 @@ import redis as redis_lib
 from sqlalchemy import text
 
 from distillery.config import Settings
-from distillery.embedded import EmbeddedPostgres, EmbeddedRedis
+from distillery_launcher.embedded import EmbeddedPostgres, EmbeddedRedis
 from distillery.store.db import normalise_url, session_scope
 from distillery.store.migrate import scratch_database
 from distillery.store.models import Base

@@ -92,7 +92,7 @@ def test_cli_rejects_three_broken_lines_and_writes_nothing(
 ) -> None:
     from typer.testing import CliRunner
 
-    from distillery.cli.main import app
+    from distillery_launcher.cli.main import app
 
     for key, value in {
         "DATABASE_URL": settings.database_url,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from distillery.stack import ServiceDef, stack
+from distillery_launcher.stack import ServiceDef, stack
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = {"postgres", "redis"}

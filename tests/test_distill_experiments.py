@@ -74,7 +74,7 @@ SIGTERM_PARENT = """
 import sys
 from distillery.config import get_settings
 from distillery.distill.runner import execute_run_in_process
-from distillery.embedded import exit_on_sigterm
+from distillery_launcher.embedded import exit_on_sigterm
 with exit_on_sigterm():
     execute_run_in_process(get_settings().database_url, sys.argv[1], get_settings())
 """

@@ -12,7 +12,7 @@ from distillery.distill.config import TrainConfig
 from distillery.distill.encoding import StudentEncoder
 from distillery.distill.tasks import build_dataset, iter_tasks
 from distillery.modelhub import resolve_model
-from distillery.prompts import ANSWER_PREFIX, answer_target
+from distillery.rationales.prompts import ANSWER_PREFIX, answer_target
 from distillery.store import models as m
 from distillery.store.db import session_scope
 from distillery.store.examples import import_examples

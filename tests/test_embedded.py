@@ -21,9 +21,9 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
-from distillery.cli.services import app as services_app
+from distillery_launcher.cli.services import app as services_app
 from distillery.config import Settings, get_settings
-from distillery.embedded import EmbeddedPostgres, EmbeddedRedis, mask_url, running_services, status
+from distillery_launcher.embedded import EmbeddedPostgres, EmbeddedRedis, mask_url, running_services, status
 from distillery.store.migrate import upgrade
 
 pytestmark = pytest.mark.embedded
@@ -194,7 +194,7 @@ def test_nested_running_services_reuse_without_owning(embedded_settings: Setting
             """
             import sys
             from distillery.config import Settings
-            from distillery.embedded import running_services
+            from distillery_launcher.embedded import running_services
             with running_services(Settings(home=sys.argv[1], database_url=None, redis_url=None)) as urls:
                 print(urls.database_url)
                 print(urls.redis_url)
@@ -263,7 +263,7 @@ def _spawn(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str],
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_cli_start_runs_until_signal(cli_env: dict[str, str], home: Path, sig: signal.Signals) -> None:
-    code = "from distillery.cli.services import app; app()"
+    code = "from distillery_launcher.cli.services import app; app()"
     proc, lines = _spawn([sys.executable, "-c", code, "start"], cli_env)
     try:
         assert any(line.startswith("DATABASE_URL=postgresql+psycopg://") for line in lines)
@@ -289,7 +289,7 @@ def test_owner_stops_servers_on_sigterm(cli_env: dict[str, str], home: Path) -> 
     code = textwrap.dedent(
         """
         import time
-        from distillery.embedded import running_services
+        from distillery_launcher.embedded import running_services
         with running_services():
             print("READY", flush=True)
             time.sleep(120)
@@ -313,7 +313,7 @@ def test_started_servers_are_stopped_at_interpreter_exit(cli_env: dict[str, str]
         """
         import sys
         from pathlib import Path
-        from distillery.embedded import EmbeddedPostgres, EmbeddedRedis
+        from distillery_launcher.embedded import EmbeddedPostgres, EmbeddedRedis
         home = Path(sys.argv[1])
         EmbeddedPostgres(home / "postgres").start()
         EmbeddedRedis(home / "redis").start()
@@ -331,7 +331,7 @@ def test_servers_of_a_killed_owner_are_reused_and_cli_stops_them(cli_env: dict[s
     code = textwrap.dedent(
         """
         import time
-        from distillery.embedded import running_services
+        from distillery_launcher.embedded import running_services
         with running_services():
             print("READY", flush=True)
             time.sleep(120)

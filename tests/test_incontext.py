@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from distillery.incontext import STRATEGIES, InContextSelector, default_embedder
+from distillery.rationales.incontext import STRATEGIES, InContextSelector, default_embedder
 from distillery.records import Example
 
 

@@ -97,7 +97,7 @@ def test_tiny_weights_depend_only_on_the_seed(tmp_path: Path) -> None:
 
 def test_two_processes_resolving_at_once_build_once(tmp_path: Path) -> None:
     env = {**os.environ, "DISTILLERY_HOME": str(tmp_path), "DISTILLERY_MODEL_DIR": str(tmp_path / "models")}
-    code = "from distillery.cli.models import app; app(['resolve', 'tiny-t5'])"
+    code = "from distillery_launcher.cli.models import app; app(['resolve', 'tiny-t5'])"
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, **pipes) for _ in range(2)]
     results = [(*p.communicate(timeout=300), p.returncode) for p in procs]

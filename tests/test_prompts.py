@@ -1,6 +1,6 @@
 import pytest
 
-from distillery.prompts import (
+from distillery.rationales.prompts import (
     ANSWER_PREFIX,
     TEMPLATE_VERSION,
     TEMPLATES,

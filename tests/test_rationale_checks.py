@@ -1,6 +1,6 @@
 import pytest
 
-from distillery.rationale_checks import (
+from distillery.rationales.checks import (
     agrees_with_gold,
     clean_rationale,
     is_duplicate,

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from distillery.config import Settings
 from distillery.datasets import SAMPLES_DIR, dataset_file, load_jsonl
-from distillery.rationale_checks import agrees_with_gold, is_truncated
+from distillery.rationales.checks import agrees_with_gold, is_truncated
 from distillery.store import examples as ex_store
 from distillery.store import models as m
 from distillery.store.db import session_scope
@@ -321,7 +321,7 @@ def test_teacher_stats_match_the_file_flags(arc_train: tuple[str, int, Path]) ->
 def test_cli_imports_rationales_and_shows_stats(settings: Settings) -> None:
     env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
     env["DISTILLERY_HOME"] = str(settings.home)
-    cli = [sys.executable, "-m", "distillery.cli.main", "teachers"]
+    cli = [sys.executable, "-m", "distillery_launcher.cli.main", "teachers"]
     path = rationale_file(settings, "arc", "dev")
     n = len(read_lines(path)) // 2
 

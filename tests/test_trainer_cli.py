@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from distillery.cli.main import app
+from distillery_launcher.cli.main import app
 from distillery.config import Settings, get_settings
 from distillery.datasets import SAMPLES_DIR, load_jsonl, sample_file
 from distillery.store import runs as run_store

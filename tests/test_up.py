@@ -40,7 +40,7 @@ class Up:
             env["DATABASE_URL"] = database_url
         if redis_url:
             env["REDIS_URL"] = redis_url
-        argv = [sys.executable, "-m", "distillery.cli.main", "up", "--port", str(self.port)]
+        argv = [sys.executable, "-m", "distillery_launcher.cli.main", "up", "--port", str(self.port)]
         argv += ["--teacher-port", str(self.teacher_port), "--stop-timeout", "30", *args]
         self.proc = subprocess.Popen(
             argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -239,7 +239,7 @@ def test_up_refuses_a_port_in_use_and_starts_nothing(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         env = {**os.environ, "DISTILLERY_HOME": str(tmp_path / "home")}
         result = subprocess.run(
-            [sys.executable, "-m", "distillery.cli.main", "up", "--no-teacher", "--port", str(port)],
+            [sys.executable, "-m", "distillery_launcher.cli.main", "up", "--no-teacher", "--port", str(port)],
             env=env,
             capture_output=True,
             text=True,

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
-from distillery.stack import ServiceDef, start_order
-from distillery.supervisor import Supervisor
+from distillery_launcher.stack import ServiceDef, start_order
+from distillery_launcher.supervisor import Supervisor
 
 PY = sys.executable
 
@@ -206,8 +206,8 @@ def test_sigint_stops_a_supervisor_process_and_leaves_no_descendant(tmp_path) ->
         textwrap.dedent(
             f"""
             import sys
-            from distillery.stack import ServiceDef
-            from distillery.supervisor import Supervisor
+            from distillery_launcher.stack import ServiceDef
+            from distillery_launcher.supervisor import Supervisor
 
             code = (
                 "import subprocess, sys, time; "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from typer.testing import CliRunner
 
-from distillery.cli.worker import worker
+from distillery_launcher.cli.worker import worker
 
 
 def cli() -> typer.Typer:

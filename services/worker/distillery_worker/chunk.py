@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 from sqlalchemy import select
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from distillery.prompts import TEMPLATE_VERSION
-from distillery.rationale_checks import agrees_with_gold, clean_rationale, is_duplicate, is_truncated
+from distillery.rationales.prompts import TEMPLATE_VERSION
+from distillery.rationales.checks import agrees_with_gold, clean_rationale, is_duplicate, is_truncated
 from distillery.records import Demonstration, Example
 from distillery.store import jobs
 from distillery.store import models as m

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from distillery.incontext import InContextSelector
+from distillery.rationales.incontext import InContextSelector
 from distillery.records import Demonstration, Example
 from distillery.store import examples as ex_store
 from distillery.store import models as m

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from distillery import modelhub
 from distillery.distill.config import TrainConfig
-from distillery.prompts import ANSWER_PREFIX, teacher_prefix
+from distillery.rationales.prompts import ANSWER_PREFIX, teacher_prefix
 from distillery.store import models as m
 from distillery.store.examples import find_dataset
 

@@ -1,7 +1,7 @@
 """Accuracy of a student on multiple-choice questions, two ways, with per-question predictions.
 
 1. Generation: the student answers the answer-task prompt (greedy, batched; left padding for causal
-   models) and `distillery.prompts.parse_answer` maps the text to an option — a parenthesised or bare
+   models) and `distillery.rationales.prompts.parse_answer` maps the text to an option — a parenthesised or bare
    letter, or the exact text of one option after `normalize_answer` (lowercase, no punctuation, no
    articles). Unparseable answers count as wrong and show up as `none` in the letter distribution.
 2. Option likelihood: each option's answer target `(x) option text` is scored by its mean token
@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 from distillery.distill.encoding import StudentEncoder
 from distillery.distill.loss import token_nll
 from distillery.distill.trainer import decoder_inputs
-from distillery.prompts import ANSWER_PREFIX, answer_target, parse_answer, student_input
+from distillery.rationales.prompts import ANSWER_PREFIX, answer_target, parse_answer, student_input
 from distillery.records import OPTION_LETTERS, Example
 
 CONTENT_FREE = "N/A"

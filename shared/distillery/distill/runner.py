@@ -34,7 +34,7 @@ from distillery.distill.export import export_model, merged
 from distillery.distill.tasks import build_dataset
 from distillery.distill.trainer import DistillTrainer, load_student, precision, training_arguments, with_lora
 from distillery.modelhub import resolve_model
-from distillery.prompts import ANSWER_PREFIX, TEMPLATE_VERSION
+from distillery.rationales.prompts import ANSWER_PREFIX, TEMPLATE_VERSION
 from distillery.records import Example
 from distillery.store import models as m
 from distillery.store import runs as run_store

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 
 from distillery.distill.checks import ResolvedRun, rationale_scope
 from distillery.distill.encoding import StudentEncoder
-from distillery.prompts import ANSWER_PREFIX, answer_target, student_input
-from distillery.rationale_checks import clean_rationale
+from distillery.rationales.prompts import ANSWER_PREFIX, answer_target, student_input
+from distillery.rationales.checks import clean_rationale
 from distillery.records import Example
 from distillery.store import models as m
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import sqltypes
 
 from distillery.datasets import DatasetError, Problem
-from distillery.rationale_checks import agrees_with_gold, is_duplicate, is_truncated
+from distillery.rationales.checks import agrees_with_gold, is_duplicate, is_truncated
 from distillery.records import Example
 from distillery.store import models as m
 from distillery.store.examples import find_dataset, to_record
@@ -427,7 +427,7 @@ def import_rationale_file(
 
     The whole file is checked before anything is written (RationaleFileError lists every problem).
     Re-importing the same content reuses its job and adds nothing. `truncated` / `agrees_with_gold` are
-    taken from the file where given, computed with distillery.rationale_checks otherwise.
+    taken from the file where given, computed with distillery.rationales.checks otherwise.
     """
     path = Path(path)
     if not path.is_file():

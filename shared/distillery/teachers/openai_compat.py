@@ -17,7 +17,7 @@ import httpx
 import openai
 from openai import AsyncOpenAI
 
-from distillery.prompts import TEMPLATE_VERSION, get_template, teacher_messages, teacher_prompt
+from distillery.rationales.prompts import TEMPLATE_VERSION, get_template, teacher_messages, teacher_prompt
 from distillery.records import Demonstration, Example
 from distillery.teachers.base import Generation, GenerationParams, TeacherError, TeacherSpec
 

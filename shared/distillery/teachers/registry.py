@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from distillery.prompts import ANSWER_PREFIX, TEMPLATE_VERSION, get_template, teacher_prefix
+from distillery.rationales.prompts import ANSWER_PREFIX, TEMPLATE_VERSION, get_template, teacher_prefix
 from distillery.store import models as m
 from distillery.teachers.base import BACKENDS, GenerationParams, TeacherClient, TeacherSpec
 

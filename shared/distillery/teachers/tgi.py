@@ -23,7 +23,7 @@ from huggingface_hub.errors import (
     TextGenerationError,
 )
 
-from distillery.prompts import TEMPLATE_VERSION, teacher_prompt
+from distillery.rationales.prompts import TEMPLATE_VERSION, teacher_prompt
 from distillery.records import Demonstration, Example
 from distillery.teachers.base import Generation, GenerationParams, TeacherError, TeacherSpec
 from distillery.teachers.openai_compat import RETRYABLE_STATUS, api_key_for, completion_stops

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from distillery.distill.encoding import StudentEncoder
 from distillery.distill.export import STUDENT_INFO
-from distillery.prompts import ANSWER_PREFIX
+from distillery.rationales.prompts import ANSWER_PREFIX
 
 # Context length for models whose config names none (T5 uses relative positions).
 FALLBACK_CONTEXT = 512

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from distillery.datasets import SPLITS
-from distillery.incontext import STRATEGIES
+from distillery.rationales.incontext import STRATEGIES
 
 MAX_IDS = 100_000
 STATUSES = ("queued", "running", "completed", "completed_with_errors", "cancelled", "failed")

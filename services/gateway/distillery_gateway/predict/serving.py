@@ -13,7 +13,7 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import replace
 
-from distillery.prompts import answer_target, parse_answer, student_input, teacher_prefix
+from distillery.rationales.prompts import answer_target, parse_answer, student_input, teacher_prefix
 from distillery.records import OPTION_LETTERS, Example
 from distillery_gateway.engine.backend import Backend
 from distillery_gateway.engine.types import SamplingParams

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse
 
-from distillery.incontext import STRATEGIES
+from distillery.rationales.incontext import STRATEGIES
 from distillery.store import examples as ex_store
 from distillery.store.jobs import TERMINAL
 from distillery.store.runs import FINISHED

@@ -10,7 +10,7 @@ import functools
 import re
 from collections.abc import Iterable, Sequence
 
-from distillery.prompts import LEAD_IN, normalize_answer
+from distillery.rationales.prompts import LEAD_IN, normalize_answer
 from distillery.records import OPTION_LETTERS, Example
 
 # A sentence end, optionally followed by closing quotes/brackets.

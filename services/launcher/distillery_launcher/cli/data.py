@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from distillery.cli.common import fail, services
+from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
 from distillery.datasets import SPLITS, DatasetError, dataset_file, load_jsonl
 from distillery.store import examples as ex_store

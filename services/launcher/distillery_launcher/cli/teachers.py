@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from distillery.cli.common import fail, services
+from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
 from distillery.datasets import SAMPLES_DIR, SPLITS, DatasetError, dataset_file, load_jsonl
 from distillery.store import examples as ex_store

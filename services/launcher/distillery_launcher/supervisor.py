@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, TextIO
 
-from distillery.stack import ServiceDef, start_order
+from distillery_launcher.stack import ServiceDef, start_order
 
 _COLORS = ("36", "33", "35", "32", "34", "91", "96", "93")
 # urllib would send even 127.0.0.1 probes through HTTP(S)_PROXY when one is set.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from distillery.cli.common import services
+from distillery_launcher.cli.common import services
 from distillery.store import migrate
 
 app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from distillery import apikeys
-from distillery.cli.common import fail, services
+from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
 from distillery.store.db import session_scope
 

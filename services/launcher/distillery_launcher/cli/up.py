@@ -9,12 +9,12 @@ import sys
 import typer
 
 from distillery import apikeys
-from distillery.cli.common import fail
+from distillery_launcher.cli.common import fail
 from distillery.config import get_settings
-from distillery.embedded import mask_url, running_services
-from distillery.stack import GATEWAY_PORT, TEACHER_PORT, local_teachers, stack
+from distillery_launcher.embedded import mask_url, running_services
+from distillery_launcher.stack import GATEWAY_PORT, TEACHER_PORT, local_teachers, stack
 from distillery.store.db import session_scope
-from distillery.supervisor import Supervisor
+from distillery_launcher.supervisor import Supervisor
 
 
 def _in_use(host: str, port: int) -> bool:
@@ -96,7 +96,7 @@ def up(
 
         supervisor = Supervisor(
             stack(host=host, gateway_port=port, teacher_port=teacher_port, teacher=not no_teacher),
-            command=[sys.executable, "-m", "distillery.cli.main"],
+            command=[sys.executable, "-m", "distillery_launcher.cli.main"],
             env=env,
             max_restarts=max_restarts,
             stop_timeout_s=stop_timeout,

@@ -12,10 +12,10 @@ import httpx
 import typer
 from tqdm import tqdm
 
-from distillery.cli.common import fail
+from distillery_launcher.cli.common import fail
 from distillery.config import get_settings
 from distillery.datasets import SPLITS
-from distillery.incontext import STRATEGIES
+from distillery.rationales.incontext import STRATEGIES
 
 app = typer.Typer(
     help="Rationale jobs on the gateway: submit, status, watch, cancel, export.", no_args_is_help=True

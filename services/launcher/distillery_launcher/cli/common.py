@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import typer
 
 from distillery.config import Settings, get_settings
-from distillery.embedded import ServiceURLs, running_services
+from distillery_launcher.embedded import ServiceURLs, running_services
 
 
 @contextmanager

@@ -8,7 +8,7 @@ import tempfile
 
 import typer
 
-from distillery.cli.common import fail, services
+from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")

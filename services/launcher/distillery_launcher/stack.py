@@ -2,7 +2,7 @@
 
 `distillery up` runs exactly these services as child processes, and docker-compose.yml runs the same
 commands in containers (tests/test_deploy_stack.py keeps the two in step). PostgreSQL and Redis are not
-listed: `up` gets them from `distillery.embedded.running_services`, compose from its own services.
+listed: `up` gets them from `distillery_launcher.embedded.running_services`, compose from its own services.
 """
 
 from __future__ import annotations

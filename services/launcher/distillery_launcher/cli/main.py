@@ -7,14 +7,14 @@ import logging
 import typer
 
 from distillery import __version__
-from distillery.cli import data, db, demo, keys, models, services, teachers, up
-from distillery.cli import eval as eval_cli
-from distillery.cli import experiments as experiments_cli
-from distillery.cli import gateway as gateway_cli
-from distillery.cli import jobs as jobs_cli
-from distillery.cli import train as train_cli
-from distillery.cli import trainer as trainer_cli
-from distillery.cli import worker as worker_cli
+from distillery_launcher.cli import data, db, demo, keys, models, services, teachers, up
+from distillery_launcher.cli import eval as eval_cli
+from distillery_launcher.cli import experiments as experiments_cli
+from distillery_launcher.cli import gateway as gateway_cli
+from distillery_launcher.cli import jobs as jobs_cli
+from distillery_launcher.cli import train as train_cli
+from distillery_launcher.cli import trainer as trainer_cli
+from distillery_launcher.cli import worker as worker_cli
 from distillery.config import get_settings
 
 app = typer.Typer(

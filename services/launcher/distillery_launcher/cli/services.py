@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from distillery import embedded
+from distillery_launcher import embedded
 from distillery.config import get_settings
 
 app = typer.Typer(

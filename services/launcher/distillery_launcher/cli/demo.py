@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from distillery.config import get_settings
 from distillery.datasets import load_jsonl, sample_file
-from distillery.prompts import ANSWER_PREFIX, option_letter, parse_answer, student_input
+from distillery.rationales.prompts import ANSWER_PREFIX, option_letter, parse_answer, student_input
 from distillery.records import Example
 
 TEACHERS = ("smollm2-135m", "gemma3-270m")
@@ -65,7 +65,7 @@ class Stack:
             [
                 sys.executable,
                 "-m",
-                "distillery.cli.main",
+                "distillery_launcher.cli.main",
                 "up",
                 "--port",
                 str(self.port),
@@ -285,7 +285,7 @@ def demo(
 def _import_sample(api: httpx.Client, train: list[Example]) -> str:
     """Import the vendored ARC sample and the paper's rationales for it; return the import job id."""
     from distillery.datasets import SAMPLES_DIR
-    from distillery.embedded import running_services
+    from distillery_launcher.embedded import running_services
     from distillery.store import examples as ex_store
     from distillery.store.db import session_scope
     from distillery.store.rationales import import_rationale_file

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from distillery.cli.common import fail, services
+from distillery_launcher.cli.common import fail, services
 from distillery.queue import QUEUE_TRAIN
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

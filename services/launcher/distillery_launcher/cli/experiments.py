@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from distillery.cli.common import fail, services
+from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
 
 app = typer.Typer(

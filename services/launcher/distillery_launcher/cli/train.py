@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from distillery.cli.common import fail, services
+from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
 from distillery.distill.config import METHODS, TrainConfig
 

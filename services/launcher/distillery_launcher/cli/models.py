@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from distillery.cli.common import fail
+from distillery_launcher.cli.common import fail
 from distillery.config import get_settings
 
 app = typer.Typer(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from distillery.cli.common import fail, services
+from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
 from distillery.datasets import SPLITS, DatasetError, dataset_file, load_jsonl
 from distillery.records import Example
@@ -87,7 +87,7 @@ def eval_command(
     from distillery.distill.encoding import StudentEncoder
     from distillery.distill.evaluate import EvalOptions, evaluate, load_for_eval
     from distillery.distill.export import STUDENT_INFO
-    from distillery.prompts import teacher_prefix
+    from distillery.rationales.prompts import teacher_prefix
 
     info_file = path / STUDENT_INFO
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}

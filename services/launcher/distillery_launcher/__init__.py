@@ -1,0 +1,1 @@
+"""The launchers: the `distillery` CLI, `up`/`demo`, the embedded PostgreSQL/Redis and the supervisor."""
