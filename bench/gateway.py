@@ -36,10 +36,10 @@ from tqdm import tqdm
 
 from distillery import apikeys
 from distillery.config import Settings
-from distillery_launcher.embedded import running_services
 from distillery.modelhub import resolve_model
 from distillery.store.db import session_scope
 from distillery.store.migrate import scratch_database
+from distillery_launcher.embedded import running_services
 
 PROMPT = "Question: Which gas do plants take in from the air to make food?\nAnswer:"
 
@@ -51,8 +51,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def gateway(database_url: str, redis_url: str, model: Path, batch_max_size: int, log: Path) -> Iterator[str]:
-    """`distillery gateway` as a child process; yields its URL once the model is loaded."""
+def gateway(
+    database_url: str, redis_url: str, model: Path, batch_max_size: int, log: Path, **env_extra: str
+) -> Iterator[str]:
+    """`distillery gateway` as a child process (`env_extra`: more environment); yields its URL once ready."""
     port = free_port()
     env = {
         **os.environ,
@@ -61,6 +63,7 @@ def gateway(database_url: str, redis_url: str, model: Path, batch_max_size: int,
         "DISTILLERY_DEFAULT_MODEL": str(model),
         "DISTILLERY_BATCH_MAX_SIZE": str(batch_max_size),
         "DISTILLERY_RATE_LIMIT_PER_MINUTE": "1000000",
+        **env_extra,
     }
     argv = [
         sys.executable,
@@ -72,21 +75,29 @@ def gateway(database_url: str, redis_url: str, model: Path, batch_max_size: int,
         "--log-level",
         "warning",
     ]
+    with child_server(argv, f"http://127.0.0.1:{port}", "/readyz", log, env) as url:
+        yield url
+
+
+@contextmanager
+def child_server(
+    argv: list[str], url: str, probe: str, log: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`argv` as a child process logging to `log`; yields `url` once GET `probe` answers 200."""
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"gateway exited ({proc.returncode}); see {log}")
+                raise RuntimeError(f"{argv[2]} exited ({proc.returncode}); see {log}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway not ready after 300 s; see {log}")
+                raise RuntimeError(f"{argv[2]} not ready after 300 s; see {log}")
             time.sleep(0.3)
         yield url
     finally:

@@ -35,7 +35,6 @@ from tqdm import tqdm
 from distillery import apikeys
 from distillery.config import Settings, get_settings
 from distillery.datasets import load_jsonl, sample_file
-from distillery_launcher.embedded import running_services
 from distillery.rationales.incontext import InContextSelector
 from distillery.records import Demonstration
 from distillery.store import examples as ex_store
@@ -44,6 +43,7 @@ from distillery.store.db import session_scope
 from distillery.store.migrate import scratch_database
 from distillery.teachers.base import GenerationParams, TeacherSpec
 from distillery.teachers.registry import make_client, upsert_teacher
+from distillery_launcher.embedded import running_services
 
 MODEL = "smollm2-135m"
 K, SEED = 2, 0

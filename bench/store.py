@@ -16,7 +16,6 @@ import time
 from tqdm import tqdm
 
 from distillery.config import get_settings
-from distillery_launcher.embedded import running_services
 from distillery.records import Example
 from distillery.store import examples as ex_store
 from distillery.store import models as m
@@ -25,6 +24,7 @@ from distillery.store.migrate import scratch_database
 from distillery.store.rationales import upsert_rationales
 from distillery.teachers.base import TeacherSpec
 from distillery.teachers.registry import upsert_teacher
+from distillery_launcher.embedded import running_services
 
 CHUNK = 1000
 TEXT = (

@@ -27,8 +27,8 @@ from distillery.distill.encoding import StudentEncoder
 from distillery.distill.loss import IGNORE_INDEX, task_losses, tinyllm_loss
 from distillery.distill.trainer import decoder_inputs, load_student
 from distillery.modelhub import resolve_model
-from distillery.rationales.prompts import ANSWER_PREFIX, answer_target, student_input, teacher_prefix
 from distillery.rationales.checks import clean_rationale
+from distillery.rationales.prompts import ANSWER_PREFIX, answer_target, student_input, teacher_prefix
 
 TEACHERS = ("flan-t5-xl", "llama-2-7b-chat")
 WEIGHTS = torch.tensor([1.0, 0.5, 0.5])

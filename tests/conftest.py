@@ -19,10 +19,10 @@ import redis as redis_lib
 from sqlalchemy import text
 
 from distillery.config import Settings
-from distillery_launcher.embedded import EmbeddedPostgres, EmbeddedRedis
 from distillery.store.db import normalise_url, session_scope
 from distillery.store.migrate import scratch_database
 from distillery.store.models import Base
+from distillery_launcher.embedded import EmbeddedPostgres, EmbeddedRedis
 
 # A gateway built in a test serves no student unless the test names one (loading one costs CPU).
 os.environ.setdefault("DISTILLERY_DEFAULT_MODEL", "none")

@@ -7,15 +7,15 @@ across test sessions); the tiny random Llama keeps generation cheap where behavi
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
-import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 import httpx
 import uvicorn
+from jobs_support import free_port
+from jobs_support import wait_until as poll_until
 from sqlalchemy import text
 
 from distillery import apikeys
@@ -66,23 +66,11 @@ def truncate_all(database_url: str) -> None:
         session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(
     check: Callable[[], object], timeout: float = 120.0, what: str = "", interval: float = 0.1
 ) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(interval)
+    """`jobs_support.wait_until`, with `what` before `interval` (as the gateway tests pass them)."""
+    return poll_until(check, timeout, interval, what)
 
 
 class LiveGateway:

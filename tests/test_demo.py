@@ -28,7 +28,8 @@ def test_the_demo_runs_the_whole_job_and_prints_the_table(
             "DISTILLERY_MODEL_DIR": str(Settings().models),
         }
         env.pop("DISTILLERY_DEFAULT_MODEL", None)
-        argv = [sys.executable, "-m", "distillery_launcher.cli.main", "demo", "--questions", "4", "--dev", "4"]
+        cli = [sys.executable, "-m", "distillery_launcher.cli.main"]
+        argv = [*cli, "demo", "--questions", "4", "--dev", "4"]
         done = subprocess.run(
             [*argv, "--port", "0"], env=env, capture_output=True, text=True, timeout=1500, check=False
         )

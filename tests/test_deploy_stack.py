@@ -94,22 +94,59 @@ def test_compose_file_holds_no_secret_and_env_example_sets_every_setting() -> No
         for key, value in (svc.get("environment") or {}).items():
             if key == "DATABASE_URL":  # credentials only by interpolation from .env
                 assert "${POSTGRES_PASSWORD:-change-me}" in value, name
+            elif key in ("REDIS_URL", "REDISCLI_AUTH"):  # Redis wants a password, which .env must set
+                assert "${REDIS_PASSWORD:?" in value, (name, key)
+            elif key == "DISTILLERY_API_KEY_PEPPER":  # no default: the gateway refuses a weak pepper
+                assert value.startswith("${DISTILLERY_API_KEY_PEPPER:?"), name
+            elif key == "VLLM_API_KEY":  # vLLM's --api-key, the teachers' Bearer token
+                assert value == "${DISTILLERY_TEACHER_API_KEY:-}", name
             else:
                 assert key not in SECRETS and "PASSWORD" not in key, (name, key)
+    assert "--requirepass" in services["redis"]["command"]
+    assert any("${REDIS_PASSWORD:?" in part for part in services["redis"]["command"])
+    for name in ("worker", "trainer", "gateway", "migrate"):
+        assert "DISTILLERY_API_KEY_PEPPER" in services[name]["environment"], name
     env = dict(
         line.split("=", 1)
         for line in (ROOT / ".env.example").read_text().splitlines()
         if line and not line.startswith("#")
     )
     assert env["POSTGRES_PASSWORD"] == "change-me"
-    for key in (
-        "REDIS_URL",
-        "DISTILLERY_HOME",
-        "DISTILLERY_ARTIFACT_DIR",
-        "DISTILLERY_MODEL_DIR",
-        "DISTILLERY_API_KEY_PEPPER",
-        "HF_HUB_OFFLINE",
-    ):
+    for key in ("DISTILLERY_HOME", "DISTILLERY_ARTIFACT_DIR", "DISTILLERY_MODEL_DIR", "HF_HUB_OFFLINE"):
         assert key in env, key
-    assert env["DISTILLERY_API_KEY_PEPPER"] == "change-me"
+    # Secrets have no usable default: .env.example names them, and compose refuses to start without them.
+    for key in ("DISTILLERY_API_KEY_PEPPER", "REDIS_PASSWORD", "REDIS_URL"):
+        assert key not in env, key
+    text = (ROOT / ".env.example").read_text()
+    for key in ("DISTILLERY_API_KEY_PEPPER=", "REDIS_PASSWORD=", "DISTILLERY_TEACHER_API_KEY="):
+        assert f"# {key}" in text, key
     assert env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_kubernetes_is_least_privilege_and_redis_wants_a_password() -> None:
+    base = ROOT / "k8s/base"
+    policies = list(yaml.safe_load_all((base / "network-policies.yaml").read_text()))
+    assert any(p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"] for p in policies)
+    assert "network-policies.yaml" in (base / "kustomization.yaml").read_text()
+    for name in ("gateway", "worker", "trainer", "teacher-cpu", "migrate"):
+        for doc in yaml.safe_load_all((base / f"{name}.yaml").read_text()):
+            if doc["kind"] not in ("Deployment", "Job"):
+                continue
+            pod = doc["spec"]["template"]["spec"]
+            assert pod["automountServiceAccountToken"] is False, name
+            container = pod["containers"][0]
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+            tmp = {m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/tmp"}
+            assert any(v["name"] in tmp and "emptyDir" in v for v in pod["volumes"]), name
+    # REDIS_URL (with its password) is a secret, not a ConfigMap literal.
+    assert "REDIS_URL" not in (base / "kustomization.yaml").read_text().split("configMapGenerator")[1]
+    dev_secrets = (ROOT / "k8s/overlays/dev/secrets.env.example").read_text()
+    assert "REDIS_URL=redis://:" in dev_secrets and "REDIS_PASSWORD=" in dev_secrets
+    redis_set = next(yaml.safe_load_all((ROOT / "k8s/overlays/dev/redis.yaml").read_text()))
+    redis_container = redis_set["spec"]["template"]["spec"]["containers"][0]
+    assert "--requirepass" in redis_container["args"]
+    assert {e["name"] for e in redis_container["env"]} >= {"REDIS_PASSWORD", "REDISCLI_AUTH"}
+    for doc in yaml.safe_load_all((ROOT / "k8s/overlays/gpu/vllm-teachers.yaml").read_text()):
+        if doc["kind"] == "Deployment":
+            env = {e["name"]: e for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]}
+            assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "DISTILLERY_TEACHER_API_KEY"

@@ -103,3 +103,17 @@ def test_a_broken_kustomization_fails(deploy_copy: Path) -> None:
     result = validate(deploy_copy)
     assert result.returncode == 1
     assert "FAIL  kubectl kustomize k8s/overlays/cpu" in result.stderr
+
+
+def test_a_pod_without_least_privilege_or_a_network_policy_fails(deploy_copy: Path) -> None:
+    edit(deploy_copy / "k8s/base/kustomization.yaml", "  - network-policies.yaml\n", "")
+    gateway = deploy_copy / "k8s/base/gateway.yaml"
+    edit(gateway, "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false")
+    edit(deploy_copy / "k8s/extras/training/job/job.yaml", "      automountServiceAccountToken: false\n", "")
+    result = validate(deploy_copy)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "FAIL  kubernetes-validate k8s/overlays/cpu" in out and "no default-deny NetworkPolicy" in out
+    assert "Deployment/gateway container gateway: securityContext.readOnlyRootFilesystem must be true" in out
+    assert "FAIL  kubernetes-validate k8s/extras/training/job" in out
+    assert "Job/train-run: automountServiceAccountToken must be false" in out

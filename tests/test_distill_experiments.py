@@ -12,8 +12,15 @@ from pathlib import Path
 import psutil
 
 from distillery.config import Settings, get_settings
-from distillery.distill.experiments import PRESETS, plan, prepare_data, run_grid
-from distillery.distill.report import markdown, plots
+from distillery.distill.experiments import (
+    PAPER_TEACHERS,
+    PRESETS,
+    plan,
+    prepare_data,
+    rationale_teachers,
+    run_grid,
+)
+from distillery.distill.report import markdown, paired_section, plots
 from distillery.store import runs as run_store
 from distillery.store.db import session_scope
 
@@ -36,6 +43,93 @@ def test_cpu_small_grid_has_baselines_tinyllm_ablations_and_a_sweep():
     assert next(e for e in grid if e.key == "arc/lora").config.lora is not None
     with_job = plan(preset, ["arc"], no_incontext_jobs={"arc": "j" * 32})
     assert next(e for e in with_job if e.label == "w/o in-context").config.rationale_jobs == ["j" * 32]
+
+
+def test_paper_preset_plans_no_cell_that_needs_missing_rationales():
+    preset = PRESETS["paper"]
+    teachers_of = rationale_teachers(list(preset.datasets), get_settings())
+    assert "llama-2-7b-chat" not in teachers_of["piqa"]  # PIQA has FLAN-T5 rationales only
+    grid = plan(preset, list(preset.datasets), "/models/flan-t5-base", teachers_of=teachers_of)
+    for e in grid:
+        if e.config.method == "tinyllm":
+            assert e.config.teachers and set(e.config.teachers) <= teachers_of[e.dataset], e.key
+    piqa = [e.label for e in grid if e.dataset == "piqa"]
+    assert piqa[:4] == ["inference-only", "label-ft", "lora", "tinyllm"]
+    assert not [label for label in piqa if label.startswith("w/o")]
+    assert next(e for e in grid if e.key == "piqa/tinyllm").config.teachers == ["flan-t5-xl"]
+    # A dataset without any rationales gets the baselines only; the report shows n/a in the other cells.
+    bare = plan(preset, ["piqa"], "/models/flan-t5-base", teachers_of={"piqa": set()})
+    assert [e.label for e in bare] == ["inference-only", "label-ft", "lora"]
+    results = [
+        {"key": e.key, "dataset": e.dataset, "label": e.label, "method": e.config.method, "status": "failed"}
+        for e in plan(preset, ["arc", "piqa"], "/m", teachers_of={"arc": set(PAPER_TEACHERS), "piqa": set()})
+    ]
+    table = markdown(results, preset, "/m", [], None)
+    assert "| tinyllm | failed | n/a |" in table
+
+
+def test_cpu_evidence_plan_is_paired_obqa_with_the_fixed_recipe():
+    preset = PRESETS["cpu-evidence"]
+    grid = plan(preset, list(preset.datasets), teachers_of={"obqa": set(PAPER_TEACHERS)})
+    assert [e.label for e in grid] == [
+        "inference-only", "label-ft", "lora", "tinyllm", "w/o flan-t5-xl", "w/o llama-2-7b-chat",
+    ]  # fmt: skip
+    for e in grid:
+        cfg = e.config
+        assert (cfg.dataset, cfg.eval.split, cfg.eval.limit) == ("obqa", "dev", 500)  # the same 500
+        assert cfg.limit is not None and cfg.limit >= 300
+        assert cfg.hyperparameters.lr_scheduler == "constant"
+        assert cfg.filters.shuffle_options and cfg.answer_format == "option_text"
+    tinyllm = next(e for e in grid if e.label == "tinyllm").config
+    assert tinyllm.teachers == list(PAPER_TEACHERS) and tinyllm.alpha == 0.5
+    assert len({e.idempotency_key() for e in grid}) == len(grid)
+
+
+def test_gpu_small_plan_is_three_methods_on_full_train_sets_in_bf16():
+    preset = PRESETS["gpu-small"]
+    teachers_of = {d: set(PAPER_TEACHERS) for d in preset.datasets}
+    grid = plan(preset, list(preset.datasets), teachers_of=teachers_of)
+    assert [e.key for e in grid] == [
+        f"{d}/{label}"
+        for d in ("obqa", "arc", "riddle")
+        for label in ("inference-only", "label-ft", "tinyllm")
+    ]
+    for e in grid:
+        assert e.config.student == "smollm2-135m" and e.config.limit is None and e.config.eval.limit is None
+        assert e.config.hyperparameters.precision == "bf16"
+
+
+def test_report_pairs_every_two_methods_on_the_same_questions():
+    ids = [f"q{i}" for i in range(40)]
+    a = [i < 30 for i in range(40)]  # 30 right
+    b = [i < 10 or i >= 35 for i in range(40)]  # 15 right: 10 both, 20 only A, 5 only B
+    results = [
+        {"dataset": "obqa", "label": "label-ft", "status": "completed", "question_ids": ids, "correct": a},
+        {"dataset": "obqa", "label": "tinyllm", "status": "completed", "question_ids": ids, "correct": b},
+        {
+            "dataset": "obqa",
+            "label": "other",
+            "status": "completed",
+            "question_ids": ids[:5],
+            "correct": a[:5],
+        },
+    ]
+    text = "\n".join(paired_section(results))
+    row = next(line for line in text.splitlines() if line.startswith("| obqa | label-ft | tinyllm |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:8] == ["40", "10", "20", "5", "+37.5"]
+    assert float(cells[9]) < 0.01  # exact McNemar of 20 vs 5
+    assert "| obqa | label-ft | other |" not in text  # different questions: no pair
+
+
+def test_paper_preset_without_flan_t5_weights_names_student_dir():
+    from typer.testing import CliRunner
+
+    from distillery_launcher.cli.main import app
+
+    result = CliRunner().invoke(app, ["experiments", "run", "--preset", "paper", "--datasets", "arc"])
+    assert result.exit_code != 0
+    assert "--student DIR" in result.output
 
 
 def test_grid_runs_once_and_a_second_invocation_skips_finished_configurations(

@@ -10,9 +10,9 @@ from distillery.datasets import SAMPLES_DIR, load_jsonl, sample_file
 from distillery.distill.checks import ConfigError, resolve_run
 from distillery.distill.config import TrainConfig
 from distillery.distill.encoding import StudentEncoder
-from distillery.distill.tasks import build_dataset, iter_tasks
+from distillery.distill.tasks import build_dataset, iter_tasks, shuffled
 from distillery.modelhub import resolve_model
-from distillery.rationales.prompts import ANSWER_PREFIX, answer_target
+from distillery.rationales.prompts import ANSWER_PREFIX, answer_target, parse_answer, student_input
 from distillery.store import models as m
 from distillery.store.db import session_scope
 from distillery.store.examples import import_examples
@@ -46,11 +46,39 @@ def test_each_example_has_the_answer_task_and_one_task_per_teacher(arc_db: str):
     assert [ex.id for ex, _ in items] == [ex.id for ex in examples]
     for example, tasks in items:
         assert [t.task_id for t in tasks] == [0, 1, 2]
-        assert tasks[0].input.startswith(ANSWER_PREFIX) and tasks[0].target == answer_target(example)
+        # Default: shuffled options (seeded per example), the gold option's text as the answer target.
+        asked = shuffled(example, 42)
+        assert tasks[0].input == student_input(asked, ANSWER_PREFIX)
+        assert tasks[0].target == answer_target(asked, "option_text") == example.gold.strip()
         assert tasks[1].input.startswith("explain: ") and tasks[2].input.startswith("rationale: ")
-        # Same question, options and context after the prefix; the lead-in is cleaned off rationales.
-        assert tasks[1].input.removeprefix("explain: ") == tasks[0].input.removeprefix(ANSWER_PREFIX)
+        # Rationale tasks keep the original option order their rationales refer to; the lead-in is cleaned.
+        assert tasks[1].input == student_input(example, "explain: ")
         assert not tasks[2].target.lower().startswith("let's think step by step")
+
+
+def test_answer_format_and_option_order_are_configurable(arc_db: str):
+    with session_scope(arc_db) as session:
+        letter = list(
+            iter_tasks(
+                session,
+                resolve_run(
+                    session,
+                    _cfg(method="label_ft", answer_format="letter_text", filters={"shuffle_options": False}),
+                ),
+            )
+        )
+        again = [t[0] for _, t in iter_tasks(session, resolve_run(session, _cfg(method="label_ft")))]
+        once = [t[0] for _, t in iter_tasks(session, resolve_run(session, _cfg(method="label_ft")))]
+    assert again == once  # the shuffle is seeded: the same order every time
+    assert any(a.input != student_input(ex, ANSWER_PREFIX) for a, (ex, _) in zip(again, letter, strict=True))
+    for example, tasks in letter:
+        assert tasks[0].input == student_input(example, ANSWER_PREFIX)
+        assert tasks[0].target == answer_target(example) == f"({example.gold_letter}) {example.gold.strip()}"
+    for (example, _), answer in zip(letter, again, strict=True):
+        # Evaluation reads both forms back to the gold option.
+        asked = shuffled(example, 42)
+        assert parse_answer(answer.target, asked.options) == asked.answer
+        assert parse_answer(answer_target(example), example.options) == example.answer
 
 
 def test_filters_drop_disagreeing_and_truncated_rationales(arc_db: str):

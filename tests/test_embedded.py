@@ -21,10 +21,10 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
-from distillery_launcher.cli.services import app as services_app
 from distillery.config import Settings, get_settings
-from distillery_launcher.embedded import EmbeddedPostgres, EmbeddedRedis, mask_url, running_services, status
 from distillery.store.migrate import upgrade
+from distillery_launcher.cli.services import app as services_app
+from distillery_launcher.embedded import EmbeddedPostgres, EmbeddedRedis, mask_url, running_services, status
 
 pytestmark = pytest.mark.embedded
 
@@ -103,7 +103,12 @@ def test_pair_persists_across_restart(embedded_settings: Settings, home: Path) -
     with running_services(embedded_settings) as urls:
         assert urls.embedded_postgres and urls.embedded_redis
         assert urls.database_url.startswith("postgresql+psycopg://postgres@/distillery?host=")
-        assert urls.redis_url.startswith("redis://127.0.0.1:") and urls.redis_url.endswith("/0")
+        # Redis wants the password kept (0600) beside its data; the URL carries it.
+        password = (home / "redis/password").read_text().strip()
+        assert (home / "redis/password").stat().st_mode & 0o077 == 0
+        assert urls.redis_url.startswith(f"redis://:{password}@127.0.0.1:") and urls.redis_url.endswith("/0")
+        with pytest.raises(redis_lib.AuthenticationError):
+            redis_lib.Redis(port=int((home / "redis/port").read_text())).ping()
         _write_and_read(urls.database_url, urls.redis_url)
         postgres, redis_server = EmbeddedPostgres(home / "postgres"), EmbeddedRedis(home / "redis")
         pids = [postgres.pid, redis_server.pid]
@@ -153,9 +158,11 @@ def test_explicit_redis_port_is_used_and_remembered(home: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = EmbeddedRedis(home / "redis", port=port)
-    assert server.start() == f"redis://127.0.0.1:{port}/0"
+    url = server.start()
+    password = (home / "redis/password").read_text().strip()
+    assert url == f"redis://:{password}@127.0.0.1:{port}/0"
     server.stop()
-    assert EmbeddedRedis(home / "redis").start() == f"redis://127.0.0.1:{port}/0"
+    assert EmbeddedRedis(home / "redis").start() == f"redis://:{password}@127.0.0.1:{port}/0"
 
 
 def test_external_urls_start_nothing(home: Path) -> None:
@@ -219,7 +226,8 @@ def test_status_reports_embedded_servers(embedded_settings: Settings) -> None:
     with running_services(embedded_settings) as urls:
         rows = {row["name"]: row for row in status(embedded_settings)}
         assert rows["postgres"]["running"] and rows["redis"]["running"]
-        assert rows["postgres"]["url"] == urls.database_url and rows["redis"]["url"] == urls.redis_url
+        assert rows["postgres"]["url"] == urls.database_url
+        assert rows["redis"]["url"] == mask_url(urls.redis_url) and ":***@" in rows["redis"]["url"]
         assert isinstance(rows["postgres"]["pid"], int) and isinstance(rows["redis"]["pid"], int)
 
 

@@ -11,8 +11,8 @@ import httpx
 from gateway_support import free_port, make_key, tiny_model, wait_until
 from typer.testing import CliRunner
 
-from distillery_launcher.cli.main import app
 from distillery.config import Settings
+from distillery_launcher.cli.main import app
 
 
 def test_a_bad_option_names_it_and_the_accepted_values() -> None:
@@ -31,7 +31,8 @@ def test_gateway_command_serves_with_two_workers(settings: Settings, tmp_path) -
         "DISTILLERY_DEFAULT_MODEL": str(tiny_model()),
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    argv = [sys.executable, "-m", "distillery_launcher.cli.main", "gateway", "--port", str(port), "--workers", "2"]
+    cli = [sys.executable, "-m", "distillery_launcher.cli.main"]
+    argv = [*cli, "gateway", "--port", str(port), "--workers", "2"]
     log = tmp_path / "gateway.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out, start_new_session=True)

@@ -148,8 +148,10 @@ def test_same_idempotency_key_twice_gives_one_job(api: TestClient, settings: Set
     assert count_rows(settings.database_url, m.RationaleJob) == 1
 
 
-def test_auth_reads_need_a_key_and_writes_need_the_jobs_scope(api: TestClient, settings: Settings) -> None:
-    reader = make_key(settings.database_url, ("infer",), name="reader")
+def test_auth_reads_need_the_read_scope_and_writes_need_the_jobs_scope(
+    api: TestClient, settings: Settings
+) -> None:
+    reader = make_key(settings.database_url, ("jobs:read",), name="reader")
     admin = make_key(settings.database_url, ("admin",), name="admin")
     anonymous = {"Authorization": ""}
     assert api.get("/v1/rationale-jobs", headers=anonymous).status_code == 401
@@ -281,6 +283,9 @@ def test_events_stream_ends_with_the_final_state(api: TestClient, settings: Sett
 
 def test_teachers_register_list_update_and_stats(api: TestClient, settings: Settings) -> None:
     body = {"name": "phi", "base_url": "http://127.0.0.1:9/v1", "model": "phi", "params": {"max_tokens": 128}}
+    assert api.post("/v1/teachers", json=body).status_code == 403  # a jobs:write key: admin only
+    admin = make_key(settings.database_url, ("admin",), name="admin")
+    api.headers["Authorization"] = f"Bearer {admin}"
     created = api.post("/v1/teachers", json=body)
     assert created.status_code == 201, created.text
     assert created.json()["prefix"] == "rationale (phi): "

@@ -30,7 +30,8 @@ def _imported_modules(path: Path) -> list[tuple[int, str]]:
 
 
 def test_service_packages_are_found() -> None:
-    assert {"distillery_gateway", "distillery_worker", "distillery_trainer", "distillery_teacher"} <= SERVICE_PACKAGES
+    expected = {"distillery_gateway", "distillery_worker", "distillery_trainer", "distillery_teacher"}
+    assert expected <= SERVICE_PACKAGES
     assert "distillery_launcher" in SERVICE_PACKAGES
 
 

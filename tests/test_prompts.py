@@ -5,6 +5,7 @@ from distillery.rationales.prompts import (
     TEMPLATE_VERSION,
     TEMPLATES,
     answer_target,
+    demonstration_provenance,
     format_options,
     get_template,
     normalize_answer,
@@ -75,10 +76,39 @@ def test_teacher_prompt_shows_context_and_works_without_demonstrations():
 
 def test_teacher_messages_render_demonstrations_as_few_shot_turns():
     messages = teacher_messages(TARGET, [DEMO, Demonstration(example=PUBMED)])
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert "Mount Rushmore" in messages[1]["content"]
     assert messages[2]["content"].endswith("Objects look smaller the farther away they are.")
     assert "Answer: (d) plants sprouting, blooming and wilting" in messages[-1]["content"]
+
+
+def test_chat_demonstration_without_rationale_is_the_question_then_its_answer():
+    messages = teacher_messages(TARGET, [Demonstration(example=PUBMED, rationale="  ")])
+    user, reply = messages[1]["content"], messages[2]["content"]
+    assert "Do mitochondria play a role" in user and "(c) maybe" in user and "Context: Programmed" in user
+    assert "Answer:" not in user and user.endswith(get_template().chat_answer_request)
+    assert reply == "Answer: (a) yes"
+    assert messages[-1]["content"].endswith(get_template().chat_request)
+
+
+def test_completion_demonstration_without_rationale_has_no_rationale_line():
+    prompt = teacher_prompt(TARGET, [Demonstration(example=PUBMED), DEMO])
+    blocks = prompt.split("\n\n")
+    assert blocks[1].startswith("Question: Do mitochondria") and blocks[1].endswith("Answer: (a) yes")
+    assert blocks[2].endswith(
+        "Rationale: Let's think step by step. Objects look smaller the farther away they are."
+    )
+    assert prompt.count("Rationale:") == 2  # the demonstration with a rationale, and the target's cue
+
+
+def test_provenance_is_every_demonstration_shown_and_whether_it_had_a_rationale():
+    demos = [DEMO, Demonstration(example=PUBMED)]
+    assert demonstration_provenance(demos) == (["7-584", "21645374"], [True, False])
+    # Both renderings show exactly those demonstrations, in that order.
+    chat = teacher_messages(TARGET, demos)
+    assert len(chat) == 2 + 2 * len(demos)
+    completion = teacher_prompt(TARGET, demos)
+    assert completion.index("Mount Rushmore") < completion.index("mitochondria") < completion.index("The sun")
 
 
 def test_unknown_template_version_names_the_known_ones():

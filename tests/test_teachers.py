@@ -20,8 +20,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from distillery.datasets import SAMPLES_DIR, load_jsonl, sample_file
-from distillery.rationales.prompts import teacher_prompt
 from distillery.rationales.checks import is_truncated
+from distillery.rationales.prompts import teacher_prompt
 from distillery.records import Demonstration, Example
 from distillery.store import models as m
 from distillery.store.db import session_scope

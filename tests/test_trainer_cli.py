@@ -10,13 +10,13 @@ import pytest
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from distillery_launcher.cli.main import app
 from distillery.config import Settings, get_settings
 from distillery.datasets import SAMPLES_DIR, load_jsonl, sample_file
 from distillery.store import runs as run_store
 from distillery.store.db import session_scope
 from distillery.store.examples import import_examples
 from distillery.store.rationales import import_rationale_file
+from distillery_launcher.cli.main import app
 
 TINY = [
     "--student", "tiny-causal", "--limit", "8", "--batch-size", "4", "--max-steps", "2",
@@ -47,6 +47,8 @@ def test_bad_option_names_the_field_and_records_nothing(cli_env: Settings) -> No
     assert "method" in result.output and "tinyllm" in result.output
     unknown = CliRunner().invoke(app, ["train", "--local", "--dataset", "arc", "--teacher", "nobody", *TINY])
     assert unknown.exit_code == 2 and "teachers: unknown teacher 'nobody'" in unknown.output
+    target = CliRunner().invoke(app, ["train", "--local", "--dataset", "arc", "--answer-format", "x", *TINY])
+    assert target.exit_code == 2 and "answer_format" in target.output and "option_text" in target.output
     with session_scope(cli_env.database_url) as session:
         assert run_store.list_runs(session) == []
 

@@ -128,7 +128,11 @@ def test_list_get_cancel_and_unknown_run(api: TestClient) -> None:
     second = api.post("/v1/training-runs", json=body(method="label_ft", teachers=None, alphas={})).json()
     listing = api.get("/v1/training-runs").json()
     assert listing["object"] == "list" and {r["id"] for r in listing["data"]} == {first["id"], second["id"]}
-    assert api.get("/v1/training-runs", params={"limit": 1}).json()["has_more"] is True
+    page = api.get("/v1/training-runs", params={"limit": 1}).json()
+    assert [r["id"] for r in page["data"]] == [second["id"]] and page["has_more"] is True
+    assert page["first_id"] == page["last_id"] == second["id"]
+    rest = api.get("/v1/training-runs", params={"limit": 1, "after": page["last_id"]}).json()
+    assert [r["id"] for r in rest["data"]] == [first["id"]] and rest["has_more"] is False
     shown = api.get(f"/v1/training-runs/{first['id']}").json()
     assert shown["step"] == 0 and shown["total_steps"] == 0 and shown["loss_curve"] == []
     cancelled = api.post(f"/v1/training-runs/{first['id']}/cancel").json()
@@ -138,10 +142,14 @@ def test_list_get_cancel_and_unknown_run(api: TestClient) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
 
 
-def test_reads_need_a_key_and_writes_need_the_train_scope(api: TestClient, settings: Settings) -> None:
+def test_reads_need_the_read_scope_and_writes_need_the_train_scope(
+    api: TestClient, settings: Settings
+) -> None:
     no_key = api.get("/v1/training-runs", headers={"Authorization": ""})
     assert no_key.status_code == 401
-    reader = {"Authorization": f"Bearer {_key(settings.database_url, ('infer',))}"}
+    inferer = {"Authorization": f"Bearer {_key(settings.database_url, ('infer',))}"}
+    assert api.get("/v1/training-runs", headers=inferer).status_code == 403
+    reader = {"Authorization": f"Bearer {_key(settings.database_url, ('train:read',))}"}
     assert api.get("/v1/training-runs", headers=reader).status_code == 200
     refused = api.post("/v1/training-runs", json=body(), headers=reader)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "insufficient_scope"

@@ -82,7 +82,7 @@ def stack(
             s.versions.append(response.json())
         promoted = s.http.post(f"/v1/registry/models/{s.versions[0]['id']}/promote", params={"wait": "true"})
         assert promoted.status_code == 200, promoted.text
-        s.infer_key = make_key(database_url, ("infer",), "reader")
+        s.infer_key = make_key(database_url, ("infer", "jobs:read", "train:read"), "reader")
         yield s
 
 

@@ -56,7 +56,7 @@ def test_pages_redirect_to_login_without_a_session(app_client: TestClient) -> No
 def test_login_sets_an_httponly_strict_cookie_without_the_key(
     app_client: TestClient, settings: Settings
 ) -> None:
-    key = make_key(settings.database_url, ("infer",), "reader")
+    key = make_key(settings.database_url, ("infer", "jobs:read", "train:read"), "reader")
     response = login(app_client, key, "/ui/models")
     assert response.status_code == 303 and response.headers["location"] == "/ui/models"
     cookie = next(h for h in response.headers.get_list("set-cookie") if h.startswith(COOKIE))
@@ -86,7 +86,7 @@ def test_wrong_key_or_missing_form_token_does_not_log_in(app_client: TestClient,
 def test_the_cookie_authenticates_the_api_and_unsafe_calls_need_the_csrf_header(
     app_client: TestClient, settings: Settings
 ) -> None:
-    login(app_client, make_key(settings.database_url, ("infer",)))
+    login(app_client, make_key(settings.database_url, ("infer", "jobs:read")))
     assert app_client.get("/v1/rationale-jobs").status_code == 200
     no_token = app_client.post("/v1/registry/models/zzz/promote")
     assert no_token.status_code == 403 and no_token.json()["error"]["code"] == "csrf_failed"

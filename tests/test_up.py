@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import redis
 
 START_TIMEOUT_S = 420  # worker, trainer and gateway import torch & co. on a shared 2-core machine
 STOP_TIMEOUT_S = 120
@@ -32,6 +33,7 @@ class Up:
     """A running `distillery up` and the lines it printed."""
 
     def __init__(self, home: Path, *args: str, database_url: str | None = None, redis_url: str | None = None):
+        self.home = home
         self.port = free_port()
         self.teacher_port = free_port()
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
@@ -70,8 +72,10 @@ class Up:
         raise AssertionError(f"no line matching {pattern!r}; output:\n{self.output[-6000:]}")
 
     def started(self) -> str:
+        """The admin key once the stack is up: printed when new, else the one kept in HOME/up-admin.key."""
         self.wait_for(r"\[up\]\s+distillery is up")
-        return self.wait_for(r"admin key\s+(\S+)").group(1)
+        printed = self.wait_for(r"admin key\s+(\S+)").group(1)
+        return (self.home / "up-admin.key").read_text().strip() if printed == "kept" else printed
 
     @property
     def url(self) -> str:
@@ -178,7 +182,9 @@ def test_ctrl_c_stops_every_child_process(up: Up) -> None:
 
 @pytest.mark.embedded
 @pytest.mark.slow
-def test_a_second_up_reuses_the_embedded_data(services_root: Path) -> None:
+def test_embedded_servers_are_supervised_and_a_second_up_reuses_data_and_admin_key(
+    services_root: Path,
+) -> None:
     # Not tmp_path: the system user running the embedded PostgreSQL must reach the data dir, and
     # pytest keeps /tmp/pytest-of-<user> at 0700.
     home = services_root / "up-home"
@@ -186,22 +192,44 @@ def test_a_second_up_reuses_the_embedded_data(services_root: Path) -> None:
     try:
         key = first.started()
         assert "(embedded under" in first.output
+        assert "new key 'up-admin'" in first.output
+        assert (home / "up-admin.key").stat().st_mode & 0o077 == 0
         headers = {"Authorization": f"Bearer {key}"}
         assert httpx.get(f"{first.url}/v1/teachers", headers=headers).status_code == 200
-        servers = first.descendants()
+        # The embedded Redis wants its password; the URLs carry it and the log masks it.
+        port = int((home / "redis/port").read_text())
+        assert re.search(rf"redis://:\*\*\*@127\.0\.0\.1:{port}/0", first.output)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        # Crash drill: kill -9 both servers; each is restarted with the same data, port and socket.
         postmaster = int((home / "postgres/data/postmaster.pid").read_text().split()[0])
+        redis_pid = int((home / "redis/redis.pid").read_text().strip())
+        seen = len(first.lines)
+        os.kill(postmaster, signal.SIGKILL)
+        os.kill(redis_pid, signal.SIGKILL)
+        for server in ("postgres", "redis"):
+            first.wait_for(rf"{server} exited \(signal SIGKILL\); restarting", after=seen, timeout=60)
+            first.wait_for(rf"\[up\]\s+{server} ready", after=seen, timeout=120)
+        assert int((home / "redis/port").read_text()) == port
+        new_postmaster = int((home / "postgres/data/postmaster.pid").read_text().split()[0])
+        assert new_postmaster != postmaster and exited(postmaster) and exited(redis_pid)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{first.url}/v1/teachers", headers=headers).status_code != 200:
+            assert time.monotonic() < deadline, first.output[-4000:]
+            time.sleep(1)
+        servers = first.descendants()
         redis_pid = int((home / "redis/redis.pid").read_text().strip())
         assert first.interrupt() == 0, first.output[-4000:]
     finally:
         if first.proc.poll() is None:
             first.kill()
     assert_all_gone(servers)
-    assert exited(postmaster) and exited(redis_pid)
+    assert exited(new_postmaster) and exited(redis_pid)
 
     second = Up(home, "--no-teacher")
     try:
-        second.started()
-        # The first run's key is still in the database the second run started from the same home.
+        assert second.started() == key  # the kept key, not a new one
+        assert "admin key  kept in" in second.output and key not in second.output
         assert httpx.get(f"{second.url}/v1/teachers", headers=headers).status_code == 200
         assert second.interrupt() == 0
     finally:

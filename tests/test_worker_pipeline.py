@@ -15,14 +15,14 @@ from jobs_support import Stack, import_arc, rationale_keys
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from distillery_launcher.cli.jobs import app as jobs_cli
 from distillery.config import Settings
 from distillery.datasets import SAMPLES_DIR
-from distillery.rationales.prompts import TEMPLATE_VERSION
 from distillery.rationales.checks import clean_rationale, is_truncated
+from distillery.rationales.prompts import TEMPLATE_VERSION
 from distillery.store import models as m
 from distillery.store import rationales as rat_store
 from distillery.store.db import session_scope
+from distillery_launcher.cli.jobs import app as jobs_cli
 
 N = 24
 

@@ -18,7 +18,9 @@ from sqlalchemy.orm import Session
 
 from distillery.store import models as m
 
-SCOPES = ("jobs:write", "train:write", "infer", "admin")
+SCOPES = ("jobs:read", "jobs:write", "train:read", "train:write", "models:read", "infer", "admin")
+# A scope implies these (`admin` implies every scope): a key that may write or use something may read it.
+IMPLIES = {"jobs:write": ("jobs:read",), "train:write": ("train:read",), "infer": ("models:read",)}
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,11 @@ class Principal:
     scopes: frozenset[str]
 
     def allows(self, scope: str) -> bool:
-        return "admin" in self.scopes or scope in self.scopes
+        return (
+            "admin" in self.scopes
+            or scope in self.scopes
+            or any(scope in IMPLIES.get(held, ()) for held in self.scopes)
+        )
 
 
 def parse_scopes(text: str | list[str]) -> tuple[str, ...]:
@@ -89,10 +95,17 @@ def verify_key(session: Session, key: str, pepper: str = "", prefix: str = "dst_
 
 def principal_by_id(session: Session, key_id: str) -> Principal | None:
     """The principal of a key known by its id (a dashboard session holds only the id); None if revoked."""
+    found = principal_and_secret(session, key_id)
+    return found[0] if found is not None else None
+
+
+def principal_and_secret(session: Session, key_id: str) -> tuple[Principal, bytes] | None:
+    """The live key's principal and a secret only the key store knows (its stored hash), to sign records
+    kept elsewhere (dashboard sessions in Redis) so that writing there cannot mint them; None if revoked."""
     row = session.scalars(select(m.ApiKey).where(m.ApiKey.key_id == key_id)).one_or_none()
     if row is None or row.revoked_at is not None:
         return None
-    return Principal(row.key_id, row.name, frozenset(row.scopes))
+    return Principal(row.key_id, row.name, frozenset(row.scopes)), row.key_hash.encode()
 
 
 def revoke_key(session: Session, key_id: str) -> bool:

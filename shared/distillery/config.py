@@ -60,9 +60,19 @@ class Settings(BaseSettings):
     api_key: str | None = Field(default=None, description="Key the CLI sends to the gateway.")
     log_level: str = "INFO"
     # Student serving (gateway).
-    student_backend: Literal["transformers", "vllm"] = Field(
-        default="transformers", description="In-process transformers (CPU) or a vLLM OpenAI server (GPU)."
+    student_backend: Literal["transformers", "vllm", "llamacpp"] = Field(
+        default="transformers",
+        description="In-process transformers (CPU), a vLLM OpenAI server (GPU) "
+        "or llama.cpp on the GGUF (CPU).",
     )
+    gguf_dir: Path | None = Field(
+        default=None, description="GGUF exports of served students; default HOME/gguf."
+    )
+    llamacpp_outtype: Literal["f16", "q8_0", "q4_k_m", "f32"] = Field(
+        default="f16", description="Weight type of the GGUF the llamacpp backend serves."
+    )
+    llamacpp_slots: int = Field(default=4, ge=1, description="Sequences llama.cpp decodes together.")
+    llamacpp_ctx: int = Field(default=2048, ge=64, description="Context tokens of each llama.cpp slot.")
     vllm_url: str | None = Field(default=None, description="vLLM server URL (…/v1), student_backend=vllm.")
     vllm_model: str | None = Field(
         default=None, description="Model name on the vLLM server; unset = the promoted model's."
@@ -89,6 +99,25 @@ class Settings(BaseSettings):
         default=2.0, ge=0, description="How long a gateway trusts a checked key (a revocation's delay)."
     )
     rate_limit_burst: int | None = Field(default=None, ge=1, description="Bucket size; unset = the rate.")
+    # Least privilege and bounded serving (the gateway; see docs/OPERATIONS.md).
+    teacher_hosts: str = Field(
+        default="localhost,127.0.0.1,::1,teacher-cpu,vllm-teacher-1,vllm-teacher-2",
+        description="Hosts a teacher's base_url may name, comma-separated (`.example.org` = that domain).",
+    )
+    precomputed_roots: str = Field(
+        default="",
+        description="Folders a precomputed teacher may read, comma-separated; "
+        "unset = SHARED_DIR, HOME and the bundled samples.",
+    )
+    max_logprob_tokens: int = Field(
+        default=256, ge=1, description="Most tokens (n x max_tokens, or an echoed prompt) scored per request."
+    )
+    max_streams_per_key: int = Field(default=8, ge=1, description="Open event streams (SSE) per API key.")
+    auth_failures_per_minute: int = Field(default=30, ge=1, description="Failed authentications per client.")
+    redis_timeout_s: float = Field(default=0.5, gt=0, description="Connect/socket timeout of gateway Redis.")
+    secure_cookies: bool | None = Field(
+        default=None, description="Secure cookie flag; unset = when the request or X-Forwarded-Proto is https"
+    )
 
     @property
     def artifacts(self) -> Path:
@@ -97,6 +126,10 @@ class Settings(BaseSettings):
     @property
     def models(self) -> Path:
         return self.model_dir or self.home / "models"
+
+    @property
+    def gguf_exports(self) -> Path:
+        return self.gguf_dir or self.home / "gguf"
 
     @property
     def datasets_dir(self) -> Path:

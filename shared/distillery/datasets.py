@@ -8,7 +8,7 @@ file in one pass; callers import nothing unless the whole file is clean.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,24 +40,44 @@ class DatasetError(ValueError):
         super().__init__(f"{len(problems)} problem(s):\n{shown}{more}")
 
 
+def json_lines(lines: Iterable[str], where: str, problems: list[Problem]) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) of each non-blank line; a line that is no JSON adds to `problems`."""
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield lineno, json.loads(raw)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(where, lineno, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+
+
+def object_problems(obj: object, required: Sequence[str], where: str, line: int) -> list[Problem]:
+    """What keeps a parsed line from being a JSON object with every `required` field (nothing if it is)."""
+    if not isinstance(obj, dict):
+        return [Problem(where, line, f"expected a JSON object, got {type(obj).__name__}")]
+    needed = ", ".join(required)
+    return [
+        Problem(where, line, f"missing required field '{key}' (required: {needed})")
+        for key in required
+        if key not in obj
+    ]
+
+
+def as_id(value: object) -> object:
+    """An `id` field as text when the file gives a number (booleans stay what they are)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def _check_record(obj: object, where: str, line: int) -> tuple[Example | None, list[Problem]]:
-    problems: list[Problem] = []
+    problems = object_problems(obj, REQUIRED, where, line)
+    if problems or not isinstance(obj, dict):
+        return None, problems
 
     def bad(msg: str) -> None:
         problems.append(Problem(where, line, msg))
 
-    if not isinstance(obj, dict):
-        bad(f"expected a JSON object, got {type(obj).__name__}")
-        return None, problems
-    for key in REQUIRED:
-        if key not in obj:
-            bad(f"missing required field '{key}' (required: {', '.join(REQUIRED)})")
-    if problems:
-        return None, problems
-    ex_id, question, options, answer = obj["id"], obj["question"], obj["options"], obj["answer"]
+    ex_id, question, options, answer = as_id(obj["id"]), obj["question"], obj["options"], obj["answer"]
     context = obj.get("context")
-    if isinstance(ex_id, int) and not isinstance(ex_id, bool):
-        ex_id = str(ex_id)
     if not isinstance(ex_id, str) or not ex_id.strip():
         bad("field 'id' must be a non-empty string")
     if not isinstance(question, str) or not question.strip():
@@ -74,7 +94,7 @@ def _check_record(obj: object, where: str, line: int) -> tuple[Example | None, l
         bad(f"field 'answer' = {answer} is not within 'options' (accepted: 0..{len(options) - 1})")
     if context is not None and not isinstance(context, str):
         bad("field 'context' must be a string or null")
-    if problems:
+    if problems or not isinstance(ex_id, str):
         return None, problems
     return Example(ex_id, question, tuple(options), answer, context), []
 
@@ -84,14 +104,7 @@ def parse_lines(lines: Iterable[str], where: str) -> list[Example]:
     examples: list[Example] = []
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    for lineno, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(where, lineno, f"invalid JSON: {exc.msg} (column {exc.colno})"))
-            continue
+    for lineno, obj in json_lines(lines, where, problems):
         example, found = _check_record(obj, where, lineno)
         problems.extend(found)
         if example is None:

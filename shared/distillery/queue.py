@@ -5,7 +5,10 @@ Services never import each other's task functions; the gateway enqueues by name 
 
 from __future__ import annotations
 
+import kombu.exceptions
+import redis.exceptions
 from celery import Celery
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 QUEUE_RATIONALES = "rationales"
 QUEUE_TRAIN = "train"
@@ -15,6 +18,27 @@ TASK_START_JOB = "distillery.rationales.start_job"  # (job_id: str)
 TASK_RUN_CHUNK = "distillery.rationales.run_chunk"  # (job_id: str, teacher_id: int, example_ids: list[int])
 TASK_FINISH_JOB = "distillery.rationales.finish_job"  # (job_id: str)
 TASK_TRAIN = "distillery.train.run"  # (run_id: str)
+
+# What a task retries: PostgreSQL, Redis or the broker out of reach for a while, a connection dropped
+# or timed out. Anything else (a bug, bad data) would fail the same way again, so it fails at once.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    kombu.exceptions.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def require_setting(value: str | None, name: str, service: str) -> str:
+    """`value`, or a start-up error naming the missing setting and the command that provides it."""
+    if not value:
+        raise RuntimeError(
+            f"the {service} needs {name}; set it, or start the {service} with `distillery {service}`"
+        )
+    return value
 
 
 def make_celery(broker_url: str, name: str = "distillery") -> Celery:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 OPTION_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -32,15 +32,3 @@ class Demonstration:
 
     example: Example
     rationale: str = ""
-
-
-@dataclass
-class RationaleRecord:
-    """One line of the rationale exchange format (../shared/rationales)."""
-
-    id: str
-    teacher: str
-    rationale: str
-    truncated: bool | None = None
-    agrees_with_gold: bool | None = None
-    extra: dict = field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""Typed dependencies: settings, DB session, the caller's principal and scope checks.
+"""Typed dependencies: settings, DB session, the features' serving objects, the caller's principal and
+scope checks.
 
 `authenticate` runs before every route (the app installs it app-wide): it checks the key of every
 route not in `app.state.public_paths` and takes one token from the key's rate-limit bucket. So a
@@ -11,7 +12,7 @@ import hashlib
 import math
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -21,6 +22,7 @@ from distillery import apikeys
 from distillery.config import Settings
 from distillery.store.db import session_factory, session_scope
 from distillery_gateway.errors import APIError
+from distillery_gateway.ratelimit import AuthFailureGuard
 from distillery_gateway.ui.session import api_principal as session_principal
 
 
@@ -34,6 +36,20 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+T = TypeVar("T")
+
+
+def serving(cls: type[T]) -> Any:
+    """Dependency: the app's one `cls` object (`create_app` builds every feature's serving object once,
+    into `app.state.serving`, keyed by its class)."""
+
+    def get(request: Request) -> T:
+        return request.app.state.serving[cls]
+
+    return Depends(get)
+
+
 # scope="function": commit before the response is sent, so a client that got 2xx sees its write at once.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
@@ -90,6 +106,29 @@ class KeyCache:
         self._entries[self._id(request)] = (time.monotonic() + self.ttl_s, principal)
 
 
+def too_many_failures(wait_s: float) -> APIError:
+    return APIError(
+        429,
+        f"too many failed authentications from this client; retry after {wait_s:.1f} s",
+        code="too_many_auth_failures",
+        headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+    )
+
+
+async def guarded_verify(request: Request) -> apikeys.Principal:
+    """`verify`, with failed attempts rate-limited per client address (429 over the budget)."""
+    guard: AuthFailureGuard | None = getattr(request.app.state, "auth_failures", None)
+    client = request.client.host if request.client else "unknown"
+    if guard is not None and (wait_s := guard.blocked_for(client)) > 0:
+        raise too_many_failures(wait_s)
+    try:
+        return await run_in_threadpool(verify, request, request.app.state.settings)
+    except APIError as exc:
+        if guard is not None and exc.status == 401 and (wait_s := await guard.failed(client)) > 0:
+            raise too_many_failures(wait_s) from None
+        raise
+
+
 async def get_principal(request: Request) -> apikeys.Principal:
     """401 without a valid key. Keys come as `Authorization: Bearer <key>` (or a dashboard session
     cookie); checked once per request."""
@@ -106,7 +145,7 @@ async def get_principal(request: Request) -> apikeys.Principal:
     keys: KeyCache | None = getattr(request.app.state, "key_cache", None)
     principal = keys.get(request) if keys is not None else None
     if principal is None:
-        principal = await run_in_threadpool(verify, request, request.app.state.settings)
+        principal = await guarded_verify(request)
         if keys is not None:
             keys.put(request, principal)
     request.state.principal = principal

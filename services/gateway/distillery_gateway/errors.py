@@ -113,7 +113,7 @@ def install(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         route = request.scope.get("route")
-        openai_paths = getattr(request.app.state, "openai_paths", set())
+        openai_paths: set[str] = getattr(request.app.state, "openai_paths", set())
         status = 400 if getattr(route, "path", None) in openai_paths else 422
         first = _field(tuple(errors[0].get("loc", ()))) if errors else None
         body = error_body(

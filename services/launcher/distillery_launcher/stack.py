@@ -1,12 +1,13 @@
 """The process list of a distillery deployment, as data.
 
 `distillery up` runs exactly these services as child processes, and docker-compose.yml runs the same
-commands in containers (tests/test_deploy_stack.py keeps the two in step). PostgreSQL and Redis are not
-listed: `up` gets them from `distillery_launcher.embedded.running_services`, compose from its own services.
+commands in containers (tests/test_deploy_stack.py keeps the two in step). PostgreSQL and Redis: `up`
+runs them as supervised children too when they are embedded (`embedded_servers`); compose runs its own.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -30,6 +31,23 @@ class ServiceDef:
     depends_on: tuple[str, ...] = ()
     oneshot: bool = False  # runs to completion; dependants start after it exited 0
     env: Mapping[str, str] = field(default_factory=dict)
+    stop_signal: signal.Signals = signal.SIGTERM  # sent to the service's process group on stop
+
+
+def embedded_servers(database_url: str | None, redis_url: str | None) -> list[ServiceDef]:
+    """Supervised embedded PostgreSQL / Redis for the URLs given (None: that one is not embedded here).
+
+    They run in the foreground (`distillery services run NAME`) and are ready once `url` answers;
+    PostgreSQL stops on SIGINT (fast shutdown), to its whole process group as on a terminal's Ctrl-C.
+    """
+    services = []
+    if database_url is not None:
+        services.append(
+            ServiceDef("postgres", ("services", "run", "postgres"), database_url, stop_signal=signal.SIGINT)
+        )
+    if redis_url is not None:
+        services.append(ServiceDef("redis", ("services", "run", "redis"), redis_url))
+    return services
 
 
 def stack(
@@ -37,10 +55,18 @@ def stack(
     gateway_port: int = GATEWAY_PORT,
     teacher_port: int = TEACHER_PORT,
     teacher: bool = True,
+    embedded: Iterable[ServiceDef] = (),
 ) -> list[ServiceDef]:
-    """The services in start order. `host` is where the servers listen (compose: 0.0.0.0)."""
+    """The services in start order. `host` is where the servers listen (compose: 0.0.0.0).
+
+    `embedded`: supervised database / Redis servers (see `embedded_servers`); migrations wait for them.
+    """
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    services = [ServiceDef("migrate", ("db", "upgrade"), oneshot=True)]
+    servers = list(embedded)
+    services = [
+        *servers,
+        ServiceDef("migrate", ("db", "upgrade"), oneshot=True, depends_on=tuple(s.name for s in servers)),
+    ]
     if teacher:
         services.append(
             ServiceDef(

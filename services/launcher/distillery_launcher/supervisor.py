@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, TextIO
 
+from distillery_launcher.embedded import answers, mask_url
 from distillery_launcher.stack import ServiceDef, start_order
 
 _COLORS = ("36", "33", "35", "32", "34", "91", "96", "93")
@@ -31,7 +32,9 @@ _PROBE = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def probe(url: str, timeout: float = 1.0) -> bool:
-    """True when `url` answers with a 2xx status."""
+    """True when `url` answers: a 2xx status for HTTP, a connection for PostgreSQL, PING for Redis."""
+    if not url.startswith("http"):
+        return answers(url)
     try:
         with _PROBE.open(url, timeout=timeout) as response:
             return 200 <= response.status < 300
@@ -138,13 +141,13 @@ class Supervisor:
         """Supervise until stopped or a service fails for good; 0 after a requested stop, else 1."""
         previous = self._install_signal_handlers()
         try:
-            while not self._stop.is_set() and self._fatal is None:
+            while not self._stop.is_set() and not self._failed():
                 now = time.monotonic()
                 for child in self.children:
                     self._step(child, now)
-                    if self._fatal is not None:
+                    if self._failed():
                         break
-                if self._fatal is None and not self._announced and self._all_ready():
+                if not self._failed() and not self._announced and self._all_ready():
                     self._announced = True
                     self._callback(self.on_all_ready)
                 self._stop.wait(0.1)
@@ -159,10 +162,14 @@ class Supervisor:
             return 1
         return 0
 
+    def _failed(self) -> bool:
+        """Whether a service (or a start-up step) failed for good; `_step` and callbacks set it."""
+        return self._fatal is not None
+
     def _install_signal_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
-        previous = {}
+        previous: dict[int, Any] = {}
 
         def handle(signum: int, _frame: Any) -> None:
             # No output here: the handler may interrupt this very thread inside _emit (and its lock).
@@ -239,7 +246,7 @@ class Supervisor:
                 return
         child.state = "ready"
         if svc.ready_url is not None:
-            self.say(f"{svc.name} ready ({svc.ready_url})")
+            self.say(f"{svc.name} ready ({mask_url(svc.ready_url)})")
         self._callback(self.on_ready, svc.name)
 
     def _exited(self, child: _Child) -> bool:
@@ -307,7 +314,7 @@ class Supervisor:
             self.say(f"stopping {child.service.name} (pid {child.proc.pid})")
             # The whole group: CLI wrappers run the real server (Celery, uvicorn) as their own child.
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.proc.pid, signal.SIGTERM)
+                os.killpg(child.proc.pid, child.service.stop_signal)
         deadline = time.monotonic() + self.stop_timeout_s
         waiting = list(running)
         while waiting and time.monotonic() < deadline and not self._force:

@@ -31,7 +31,7 @@ GGUF_MODELS = tuple(name for name, known in KNOWN_MODELS.items() if known.kind =
 DEFAULT_CONTEXT = 4096
 
 
-class ResidentLlamaProxy(LlamaProxy):
+class ResidentLlamaProxy(LlamaProxy):  # llama_cpp ships no type information
     """A LlamaProxy that loads every model once and keeps them all, instead of swapping one in and out."""
 
     def __init__(self, models: list[ModelSettings], loaded: dict[str, llama_cpp.Llama] | None = None) -> None:

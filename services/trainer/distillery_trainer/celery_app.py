@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 from distillery.config import get_settings
-from distillery.queue import QUEUE_TRAIN, make_celery
+from distillery.queue import QUEUE_TRAIN, make_celery, require_setting
 from distillery_trainer.settings import get_trainer_settings
-
-
-def _require(value: str | None, name: str) -> str:
-    if not value:
-        raise RuntimeError(
-            f"the trainer needs {name}; set it, or start the trainer with `distillery trainer`"
-        )
-    return value
-
 
 settings = get_settings()
 trainer_settings = get_trainer_settings()
-REDIS_URL = _require(settings.redis_url, "REDIS_URL")
-DATABASE_URL = _require(settings.database_url, "DATABASE_URL")
+REDIS_URL = require_setting(settings.redis_url, "REDIS_URL", "trainer")
+DATABASE_URL = require_setting(settings.database_url, "DATABASE_URL", "trainer")
 
 app = make_celery(REDIS_URL, name="distillery_trainer")
 app.conf.task_default_queue = QUEUE_TRAIN

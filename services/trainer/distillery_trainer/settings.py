@@ -12,19 +12,21 @@ class TrainerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_prefix="DISTILLERY_TRAINER_", extra="ignore")
 
     visibility_timeout: int = Field(
-        24 * 3600,
+        default=24 * 3600,
         ge=5,
         description="Seconds before the broker re-delivers a run whose trainer vanished (runs are long; "
         "the orphan sweep normally resumes them much sooner).",
     )
     nproc_per_node: int = Field(
-        1,
+        default=1,
         ge=1,
         le=64,
         description="Processes (GPUs) per run: above 1 the run is launched with torchrun, one rank per GPU.",
     )
     sweep_interval_s: float = Field(
-        60.0, gt=0, description="How often an idle or busy trainer looks for orphaned runs to re-queue."
+        default=60.0,
+        gt=0,
+        description="How often an idle or busy trainer looks for orphaned runs to re-queue.",
     )
 
 

@@ -26,7 +26,7 @@ from distillery_trainer.celery_app import DATABASE_URL, REDIS_URL, app, settings
 log = logging.getLogger(__name__)
 
 
-@app.task(name=TASK_TRAIN, acks_late=True, reject_on_worker_lost=True)
+@app.task(name=TASK_TRAIN)  # late acks, re-delivery on a lost worker: the app's config
 def train(run_id: str) -> str:
     """Train, resume or skip run `run_id` (idempotent: a finished run is left as it is)."""
     nproc = trainer_settings.nproc_per_node

@@ -5,20 +5,13 @@ from __future__ import annotations
 import logging
 
 from distillery.config import get_settings
-from distillery.queue import make_celery
+from distillery.queue import make_celery, require_setting
 from distillery_worker.settings import get_worker_settings
-
-
-def _require(value: str | None, name: str) -> str:
-    if not value:
-        raise RuntimeError(f"the worker needs {name}; set it, or start the worker with `distillery worker`")
-    return value
-
 
 settings = get_settings()
 worker_settings = get_worker_settings()
-REDIS_URL = _require(settings.redis_url, "REDIS_URL")
-DATABASE_URL = _require(settings.database_url, "DATABASE_URL")
+REDIS_URL = require_setting(settings.redis_url, "REDIS_URL", "worker")
+DATABASE_URL = require_setting(settings.database_url, "DATABASE_URL", "worker")
 
 app = make_celery(REDIS_URL, name="distillery_worker")
 app.conf.broker_transport_options = {
@@ -28,7 +21,7 @@ app.conf.broker_transport_options = {
     "unacked_restore_interval": worker_settings.restore_interval,
     "unacked_restore_throttle": 1,
 }
-app.conf.include = ["distillery_worker.tasks"]
+app.conf.include = ["distillery_worker.tasks", "distillery_worker.reconciler"]
 
 # One line per teacher request at INFO drowns the worker's own progress lines.
 logging.getLogger("httpx").setLevel(logging.WARNING)

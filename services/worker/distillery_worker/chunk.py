@@ -2,23 +2,27 @@
 
 A chunk only fills what is missing (stored rationales and final failures are skipped), so a re-delivered
 or retried chunk never calls the teacher for an item it already has. Calls run concurrently under the
-teacher's cross-worker slot limit; each result is stored, with its progress, in its own transaction as
-soon as it arrives, so a crash loses at most the calls in flight.
+teacher's cross-worker slot limit, on the process's shared loop and teacher client (runtime.py). Results
+are stored in batches (every `flush_items` results or `flush_ms`, whichever comes first), each batch with
+its progress counters in one transaction, so a crash loses at most the calls in flight and one batch,
+which a re-delivery of the chunk makes again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from distillery.rationales.prompts import TEMPLATE_VERSION
 from distillery.rationales.checks import agrees_with_gold, clean_rationale, is_duplicate, is_truncated
+from distillery.rationales.prompts import TEMPLATE_VERSION, demonstration_provenance
 from distillery.records import Demonstration, Example
 from distillery.store import jobs
 from distillery.store import models as m
@@ -28,6 +32,7 @@ from distillery.store.examples import to_record
 from distillery.teachers import registry
 from distillery.teachers.base import Generation, GenerationParams, TeacherClient, TeacherError, TeacherSpec
 from distillery_worker.demos import demonstrations_for
+from distillery_worker.runtime import Runtime
 from distillery_worker.settings import WorkerSettings
 from distillery_worker.slots import TeacherSlots
 
@@ -58,6 +63,41 @@ class _Cancelled(Exception):
     pass
 
 
+class BatchWriter:
+    """Buffers results and hands them to `write` (run in a thread) every `every` items or `max_wait_s`."""
+
+    def __init__(self, write: Callable[[list], int], every: int, max_wait_s: float):
+        self._write, self.every, self.max_wait_s = write, every, max_wait_s
+        self._buffer: list = []
+        self._full = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self.written = 0
+
+    def add(self, entry: object) -> None:
+        self._buffer.append(entry)
+        if len(self._buffer) >= self.every:
+            self._full.set()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            batch, self._buffer = self._buffer, []
+            self._full.clear()
+            if batch:
+                self.written += await asyncio.to_thread(self._write, batch)
+
+    async def keep_flushing(self) -> None:
+        """Flush until `close()`; a failed write ends it with the error (the chunk then fails)."""
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.max_wait_s)
+            await self.flush()
+
+    def close(self) -> None:
+        self._closed = True
+        self._full.set()
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TeacherError) and exc.retryable
 
@@ -79,8 +119,8 @@ class ChunkRun:
 
     def __init__(
         self,
+        runtime: Runtime,
         database_url: str,
-        redis_url: str,
         settings: WorkerSettings,
         job_id: str,
         teacher_id: int,
@@ -88,17 +128,16 @@ class ChunkRun:
         attempt: int = 0,
         final: bool = False,
     ):
-        self.database_url, self.redis_url, self.settings = database_url, redis_url, settings
+        self.runtime, self.database_url, self.settings = runtime, database_url, settings
         self.job_id, self.teacher_id, self.example_ids = job_id, teacher_id, example_ids
         self.attempt, self.final = attempt, final
-        self._over_checked = (0.0, False)
 
     # ---------------------------------------------------------------- database side (synchronous)
 
     def _plan(self) -> tuple[TeacherSpec, list[Item], dict] | None:
         """The teacher, the items still missing and the generation overrides; None if the job is over."""
         with session_scope(self.database_url) as session:
-            job = jobs.get_job(session, self.job_id)
+            job = jobs.chunk_job(session, self.job_id)
             if job is None or job.status in jobs.TERMINAL:
                 return None
             teacher = session.get(m.Teacher, self.teacher_id)
@@ -125,23 +164,13 @@ class ChunkRun:
             items = [Item(row_id, records[row_id], s, demos[records[row_id].id]) for row_id, s in wanted]
             return spec, items, dict(job.params.get("generation", {}))
 
-    def _is_over(self) -> bool:
-        with session_scope(self.database_url) as session:
-            over = jobs.job_status(session, self.job_id) in jobs.TERMINAL
-        self._over_checked = (time.monotonic(), over)
-        return over
-
-    def _was_over(self) -> bool:
-        """`_is_over`, at most once a second: waiters for a slot ask it on every wake-up."""
-        checked_at, over = self._over_checked
-        return over if time.monotonic() - checked_at < 1.0 else self._is_over()
-
-    def _store(self, spec: TeacherSpec, item: Item, gen: Generation) -> int:
+    def _row(self, spec: TeacherSpec, item: Item, gen: Generation) -> dict:
         text = clean_rationale(gen.text)
         # A text cut before an invented follow-up question ended where the rationale ended, whatever
         # the finish reason says about the part that was cut off.
         cut = text != gen.text.strip()
-        row = {
+        shown = demonstration_provenance(item.demonstrations)
+        return {
             "job_id": self.job_id,
             "example_id": item.example_row_id,
             "teacher_id": self.teacher_id,
@@ -154,39 +183,64 @@ class ChunkRun:
             "template_version": gen.extra.get("template_version")
             or spec.template_version
             or TEMPLATE_VERSION,
-            "incontext_ids": [demo.example.id for demo in item.demonstrations],
+            # Exactly what the prompt showed: every demonstration, and whether each had a rationale.
+            "incontext_ids": shown[0],
+            "incontext_rationales": shown[1],
             "truncated": is_truncated(text, None if cut else gen.finish_reason),
             "agrees_with_gold": agrees_with_gold(text, item.example),
             "duplicate": False,
         }
+
+    def _mark_duplicates(self, session: Session, rows: list[dict]) -> None:
+        """A later sample repeating another sample of its example (stored, or earlier in the batch)."""
+        later = {row["example_id"] for row in rows if row["sample_index"]}
+        if not later:
+            return
+        r = m.Rationale
+        texts: dict[int, list[tuple[int, str]]] = defaultdict(list)
+        for example_id, sample_index, text in session.execute(
+            select(r.example_id, r.sample_index, r.text).where(
+                r.job_id == self.job_id, r.teacher_id == self.teacher_id, r.example_id.in_(sorted(later))
+            )
+        ):
+            texts[example_id].append((sample_index, text))
+        for row in rows:
+            seen = texts[row["example_id"]]
+            if row["sample_index"]:
+                others = [text for index, text in seen if index != row["sample_index"]]
+                row["duplicate"] = is_duplicate(row["text"], others)
+            seen.append((row["sample_index"], row["text"]))
+
+    def _store(self, spec: TeacherSpec, batch: list[tuple[Item, Generation]]) -> int:
+        """Store a batch and count what was new, in one transaction; how many rows were new."""
+        rows = [self._row(spec, item, gen) for item, gen in batch]
         with session_scope(self.database_url) as session:
-            if item.sample_index:
-                others = session.scalars(
-                    select(m.Rationale.text).where(
-                        m.Rationale.job_id == self.job_id,
-                        m.Rationale.example_id == item.example_row_id,
-                        m.Rationale.teacher_id == self.teacher_id,
-                        m.Rationale.sample_index != item.sample_index,
-                    )
-                ).all()
-                row["duplicate"] = is_duplicate(text, others)
-            inserted = rat_store.upsert_rationales(session, [row])
-            if inserted:
+            self._mark_duplicates(session, rows)
+            new = set(rat_store.insert_new_rationales(session, rows))
+            if new:
+                counted = [row for row in rows if tuple(row[k] for k in rat_store.CONFLICT_KEY) in new]
                 jobs.add_progress(
                     session,
                     self.job_id,
                     self.teacher_id,
-                    done=inserted,
-                    prompt_tokens=gen.prompt_tokens or 0,
-                    completion_tokens=gen.completion_tokens or 0,
+                    done=len(new),
+                    prompt_tokens=sum(row["prompt_tokens"] or 0 for row in counted),
+                    completion_tokens=sum(row["completion_tokens"] or 0 for row in counted),
                 )
-        return inserted
+        return len(new)
 
-    def _fail(self, item: Item, error: str, attempts: int) -> None:
+    def _fail(self, failures: list[tuple[Item, str, int]]) -> None:
         with session_scope(self.database_url) as session:
-            jobs.fail_item(
-                session, self.job_id, self.teacher_id, item.example_row_id, item.sample_index, error, attempts
-            )
+            for item, error, attempts in failures:
+                jobs.fail_item(
+                    session,
+                    self.job_id,
+                    self.teacher_id,
+                    item.example_row_id,
+                    item.sample_index,
+                    error,
+                    attempts,
+                )
 
     # ---------------------------------------------------------------- teacher side (async)
 
@@ -198,57 +252,79 @@ class ChunkRun:
         outcome = Outcome(skipped=len(self.example_ids) - len(items))
         if not items:
             return outcome
-        try:
-            client = registry.make_client(spec)
-        except ValueError as exc:  # a teacher configured wrongly fails every item, for good
-            for item in items:
-                await asyncio.to_thread(self._fail, item, str(exc), 1)
-            outcome.failed = len(items)
-            return outcome
-        params = job_params(spec, overrides)
-        redis = aioredis.Redis.from_url(self.redis_url)
-        try:
-            slots = TeacherSlots(redis, self.teacher_id, spec.max_concurrency, self.settings.slot_lease_s)
-            # Only as many items as the teacher takes at once compete for its slots; the rest wait here
-            # at no cost instead of polling Redis.
-            local = asyncio.Semaphore(spec.max_concurrency)
-            async with slots:
-                # A teacher kept busy by other chunks (a slow one) would hold this worker slot idle while
-                # other teachers' chunks wait in the queue behind it: hand the chunk back instead.
-                if not await slots.wait_for_room(self.settings.defer_after_s):
-                    return Outcome(deferred=True)
-                results = await asyncio.gather(
-                    *(
-                        self._one(client, slots, local, spec, item, sample_params(params, item.sample_index))
-                        for item in items
-                    )
-                )
-        finally:
-            await client.aclose()
-            await redis.aclose()
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                client = await stack.enter_async_context(self.runtime.clients.client(spec))
+            except ValueError as exc:  # a teacher configured wrongly fails every item, for good
+                await asyncio.to_thread(self._fail, [(item, str(exc), 1) for item in items])
+                outcome.failed = len(items)
+                return outcome
+            results = await self._generate(client, spec, items, job_params(spec, overrides), outcome)
+        if results is None:
+            return Outcome(deferred=True)
+        failures = []
         for item, result in zip(items, results, strict=True):
-            if result == "stored":
-                outcome.stored += 1
-            elif result == "cancelled":
+            if result == "cancelled":
                 outcome.cancelled = True
             elif isinstance(result, TeacherError):
                 attempts = (self.attempt + 1) * self.settings.item_attempts
                 if result.retryable and not self.final:
                     outcome.retry.append((item, str(result)))
                 else:
-                    await asyncio.to_thread(self._fail, item, str(result), attempts)
-                    outcome.failed += 1
+                    failures.append((item, str(result), attempts))
+        if failures:
+            await asyncio.to_thread(self._fail, failures)
+            outcome.failed += len(failures)
         return outcome
+
+    async def _generate(
+        self,
+        client: TeacherClient,
+        spec: TeacherSpec,
+        items: list[Item],
+        params: GenerationParams,
+        outcome: Outcome,
+    ) -> list[str | TeacherError] | None:
+        """Every item's call, results stored in batches; None if the chunk was deferred."""
+        slots = TeacherSlots(
+            self.runtime.redis, self.teacher_id, spec.max_concurrency, self.settings.slot_lease_s
+        )
+        local = self.runtime.gate(self.teacher_id, spec.max_concurrency)
+        writer = BatchWriter(
+            lambda batch: self._store(spec, batch), self.settings.flush_items, self.settings.flush_ms / 1000
+        )
+        async with slots:
+            # A teacher kept busy by other chunks (a slow one) would hold this worker slot idle while
+            # other teachers' chunks wait in the queue behind it: hand the chunk back instead.
+            if not await slots.wait_for_room(self.settings.defer_after_s):
+                return None
+            flusher = asyncio.create_task(writer.keep_flushing())
+            try:
+                results = await asyncio.gather(
+                    *(
+                        self._one(
+                            client, slots, local, writer, item, sample_params(params, item.sample_index)
+                        )
+                        for item in items
+                    )
+                )
+            finally:
+                writer.close()
+                await flusher
+        await writer.flush()
+        outcome.stored = writer.written
+        return results
 
     async def _one(
         self,
         client: TeacherClient,
         slots: TeacherSlots,
         local: asyncio.Semaphore,
-        spec: TeacherSpec,
+        writer: BatchWriter,
         item: Item,
         params: GenerationParams,
     ) -> str | TeacherError:
+        watch = self.runtime.jobs
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.settings.item_attempts),
@@ -257,15 +333,15 @@ class ChunkRun:
                 reraise=True,
             ):
                 with attempt:
-                    async with local, slots.slot(give_up=self._was_over) as held:
+                    async with local, slots.slot(give_up=lambda: watch.was_over(self.job_id)) as held:
                         # Checked with the slot in hand, right before the call: a cancelled job makes
-                        # no further teacher calls.
-                        if not held or await asyncio.to_thread(self._is_over):
+                        # no further teacher calls (the status is at most STATUS_MAX_AGE_S old).
+                        if not held or await watch.is_over(self.job_id):
                             raise _Cancelled
                         gen = await client.generate(item.example, item.demonstrations, params)
         except _Cancelled:
             return "cancelled"
         except TeacherError as exc:
             return exc
-        await asyncio.to_thread(self._store, spec, item, gen)
+        writer.add((item, gen))
         return "stored"

@@ -23,21 +23,13 @@ _selectors: OrderedDict[tuple, InContextSelector] = OrderedDict()
 _lock = threading.Lock()
 
 
-def _pool_size(session: Session, dataset_id: int, split: str) -> int:
-    stmt = (
-        select(func.count())
-        .select_from(m.Example)
-        .where(m.Example.dataset_id == dataset_id, m.Example.split == split)
-    )
-    return session.scalar(stmt) or 0
-
-
 def selector_for(session: Session, job: m.RationaleJob) -> InContextSelector:
     """The job's selector, built once per worker process (a kNN index is costly) and reused by chunks."""
     spec = job.params.get("in_context", {})
     strategy, k, seed = spec.get("strategy", "none"), int(spec.get("k", 0)), int(spec.get("seed", 0))
     # The pool size is part of the key: examples imported later give a new pool, hence a new selector.
-    key = (job.dataset_id, job.split, strategy, k, seed, _pool_size(session, job.dataset_id, job.split))
+    pool_size = ex_store.split_size(session, job.dataset_id, job.split)
+    key = (job.dataset_id, job.split, strategy, k, seed, pool_size)
     with _lock:
         if key in _selectors:
             _selectors.move_to_end(key)

@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from distillery import modelhub
 from distillery.distill.config import TrainConfig
 from distillery.rationales.prompts import ANSWER_PREFIX, teacher_prefix
 from distillery.store import models as m
-from distillery.store.examples import find_dataset
+from distillery.store.examples import find_dataset, split_size
 
 
 class ConfigError(ValueError):
@@ -49,6 +49,7 @@ class ResolvedRun:
     teachers: tuple[TeacherTask, ...]
     train_examples: int
     eval_examples: int
+    student: str  # what `resolve_model` loads: a known name, an HF dir, a registered model's dir
 
     @property
     def task_names(self) -> list[str]:
@@ -89,16 +90,7 @@ def locate_student(session: Session | None, name: str) -> str | None:
     return None
 
 
-def _split_size(session: Session, dataset_id: int, split: str) -> int:
-    stmt = (
-        select(func.count())
-        .select_from(m.Example)
-        .where(m.Example.dataset_id == dataset_id, m.Example.split == split)
-    )
-    return session.scalar(stmt) or 0
-
-
-def rationale_scope(dataset_id: int, split: str, job_ids: tuple[str, ...]):
+def rationale_scope(dataset_id: int, split: str, job_ids: tuple[str, ...]) -> Select[m.Rationale]:
     """SELECT of the rationales a run may use (the dataset split, restricted to the jobs if any)."""
     stmt = (
         select(m.Rationale)
@@ -114,17 +106,18 @@ def _usable_counts(
     session: Session, cfg: TrainConfig, dataset_id: int, job_ids: tuple[str, ...]
 ) -> dict[int, int]:
     scope = rationale_scope(dataset_id, cfg.split, job_ids).subquery()
-    stmt = select(scope.c.teacher_id, func.count()).group_by(scope.c.teacher_id)
+    stmt = select(scope.c.teacher_id, func.count().label("usable")).group_by(scope.c.teacher_id)
     if cfg.filters.drop_truncated:
         stmt = stmt.where(scope.c.truncated.is_(False))
     if cfg.filters.drop_disagreeing:
         stmt = stmt.where(scope.c.agrees_with_gold.is_not(False))
-    return {teacher_id: count for teacher_id, count in session.execute(stmt)}
+    return {row.teacher_id: row.usable for row in session.execute(stmt)}
 
 
 def resolve_run(session: Session, cfg: TrainConfig) -> ResolvedRun:
     """Check `cfg` against the database; raise ConfigError naming the first field that does not fit."""
-    if locate_student(session, cfg.student) is None:
+    student = locate_student(session, cfg.student)
+    if student is None:
         known = ", ".join(modelhub.KNOWN_MODELS)
         raise ConfigError(
             "student",
@@ -138,14 +131,14 @@ def resolve_run(session: Session, cfg: TrainConfig) -> ResolvedRun:
     splits = sorted(
         session.scalars(select(m.Example.split).where(m.Example.dataset_id == dataset.id).distinct())
     )
-    train_examples = _split_size(session, dataset.id, cfg.split)
+    train_examples = split_size(session, dataset.id, cfg.split)
     if cfg.trains and train_examples == 0:
         raise ConfigError(
             "split", f"dataset '{cfg.dataset}' has no '{cfg.split}' examples (accepted: {', '.join(splits)})"
         )
     eval_examples = 0
     if cfg.eval.split is not None:
-        eval_examples = _split_size(session, dataset.id, cfg.eval.split)
+        eval_examples = split_size(session, dataset.id, cfg.eval.split)
         if eval_examples == 0:
             raise ConfigError(
                 "eval.split",
@@ -167,7 +160,7 @@ def resolve_run(session: Session, cfg: TrainConfig) -> ResolvedRun:
                 f"job '{job_id}' holds rationales of another dataset/split, not {cfg.dataset}/{cfg.split}",
             )
     if not cfg.uses_teachers:
-        return ResolvedRun(cfg, dataset.id, job_ids, (), train_examples, eval_examples)
+        return ResolvedRun(cfg, dataset.id, job_ids, (), train_examples, eval_examples, student)
 
     counts = _usable_counts(session, cfg, dataset.id, job_ids)
     where = f"{cfg.dataset}/{cfg.split}" + (f" in jobs {list(job_ids)}" if job_ids else "")
@@ -212,4 +205,4 @@ def resolve_run(session: Session, cfg: TrainConfig) -> ResolvedRun:
             )
         used[prefix] = f"teacher '{row.name}'"
         teachers.append(TeacherTask(task_id, row.name, row.id, prefix, cfg.alpha_of(row.name)))
-    return ResolvedRun(cfg, dataset.id, job_ids, tuple(teachers), train_examples, eval_examples)
+    return ResolvedRun(cfg, dataset.id, job_ids, tuple(teachers), train_examples, eval_examples, student)

@@ -59,7 +59,8 @@ class StudentEncoder:
             self._stop = [tok.eos_token_id]
 
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
 
     def _turn_end(self) -> list[int]:
         """The token closing an assistant turn in the chat template (e.g. `<|im_end|>`), else EOS."""

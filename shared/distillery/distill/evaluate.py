@@ -1,13 +1,15 @@
-"""Accuracy of a student on multiple-choice questions, two ways, with per-question predictions.
+"""Accuracy of a student on multiple-choice questions, three ways, with per-question predictions.
 
 1. Generation: the student answers the answer-task prompt (greedy, batched; left padding for causal
-   models) and `distillery.rationales.prompts.parse_answer` maps the text to an option — a parenthesised or bare
-   letter, or the exact text of one option after `normalize_answer` (lowercase, no punctuation, no
-   articles). Unparseable answers count as wrong and show up as `none` in the letter distribution.
-2. Option likelihood: each option's answer target `(x) option text` is scored by its mean token
-   log-probability under the same prompt (length-normalised), and the best-scoring option is the
-   prediction. Calibrated: the same score minus the score under a content-free prompt (question
-   "N/A", same options, no context), which removes the student's prior for a letter or an option text.
+   models) and `distillery.rationales.prompts.parse_answer` maps the text to an option — a parenthesised
+   or bare letter with or without the option text, or the exact text of one option after
+   `normalize_answer` (lowercase, no punctuation, no articles). Unparseable answers count as wrong and
+   show up as `none` in the letter distribution.
+2. Option log-likelihood, scored by `distillery.distill.option_scoring` (the scorer `/v1/predict` uses
+   too): `acc` picks the option whose answer target has the highest summed log-probability after the
+   answer-task prompt, `acc_norm` the highest per character, exactly as lm-evaluation-harness defines them.
+3. Calibrated: each option's mean token log-probability minus its mean under a content-free prompt
+   (question "N/A", same options, no context), which removes the student's prior for a letter or text.
 
 The predicted-letter distribution is reported next to accuracy: a student that always answers "(a)"
 has an accuracy near the gold share of "a", and only the distribution reveals it.
@@ -22,17 +24,26 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from transformers import PreTrainedModel
 
 from distillery.distill.encoding import StudentEncoder
-from distillery.distill.loss import token_nll
+from distillery.distill.loss import IGNORE_INDEX, token_nll
+from distillery.distill.option_scoring import (
+    OptionScores,
+    best,
+    option_targets,
+    scored_target_ids,
+    split_prompt,
+)
 from distillery.distill.trainer import decoder_inputs
-from distillery.rationales.prompts import ANSWER_PREFIX, answer_target, parse_answer, student_input
+from distillery.rationales.prompts import ANSWER_PREFIX, AnswerFormat, parse_answer, student_input
 from distillery.records import OPTION_LETTERS, Example
 
 CONTENT_FREE = "N/A"
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -43,12 +54,13 @@ class EvalOptions:
     calibrate: bool = True
     explain: int = 0  # questions to also ask for an explanation, per teacher prefix
     explain_tokens: int = 128
+    answer_format: AnswerFormat = "letter_text"  # the form of the options' continuations (as trained)
 
 
 @dataclass
 class EvalResult:
-    metrics: dict
-    predictions: list[dict] = field(default_factory=list)
+    metrics: dict[str, Any]
+    predictions: list[dict[str, Any]] = field(default_factory=list)
 
     def write_predictions(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,13 +71,14 @@ class EvalResult:
         partial.replace(path)
 
 
-def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+def _batches(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 def _device(model: PreTrainedModel) -> torch.device:
-    return next(model.parameters()).device
+    device: torch.device = next(model.parameters()).device
+    return device
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,40 +126,35 @@ def generate(
 @torch.inference_mode()
 def target_logprobs(
     model: PreTrainedModel, encoder: StudentEncoder, pairs: list[tuple[str, str]]
-) -> list[float]:
-    """Mean log-probability per target token of each (prompt, target), the end token excluded."""
+) -> list[list[float]]:
+    """Log-probability of every scored token of each (prompt, target), one full sequence each (the
+    prompt's trailing whitespace is scored with the target, see `option_scoring.split_prompt`)."""
     encoded = []
     for prompt, target in pairs:
-        ids, labels = encoder.encode(prompt, target)
-        # Score the option text only: the end token says nothing about which option is right.
-        last = max(i for i, v in enumerate(labels) if v >= 0)
-        if labels[last] in encoder.stop_token_ids:
-            labels = labels[:last] + [-100] * (len(labels) - last)
-        encoded.append((ids, labels))
+        ids, lead = split_prompt(encoder, encoder.prompt_ids(prompt))
+        scored = lead + scored_target_ids(encoder, target)
+        if encoder.seq2seq:
+            encoded.append((ids, scored))
+        else:
+            encoded.append((ids + scored, [IGNORE_INDEX] * len(ids) + scored))
     device = _device(model)
-    ids, mask = _right_pad([e[0] for e in encoded], encoder.tokenizer.pad_token_id)
-    labels, _ = _right_pad([e[1] for e in encoded], -100)
-    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-    kwargs = {"input_ids": ids, "attention_mask": mask}
+    input_ids, mask = _right_pad([e[0] for e in encoded], encoder.tokenizer.pad_token_id)
+    labels, _ = _right_pad([e[1] for e in encoded], IGNORE_INDEX)
+    input_ids, mask, labels = input_ids.to(device), mask.to(device), labels.to(device)
+    kwargs = {"input_ids": input_ids, "attention_mask": mask}
     if encoder.seq2seq:
         kwargs["decoder_input_ids"] = decoder_inputs(model, labels)
     logits = model(**kwargs).logits
-    nll, scored = token_nll(logits, labels, causal=not encoder.seq2seq)
-    return (-(nll * scored).sum(1) / scored.sum(1).clamp(min=1)).tolist()
-
-
-def _scored_ids(encoder: StudentEncoder, target: str) -> list[int]:
-    ids = encoder.target_ids(target)
-    # Score the option text only: the end token says nothing about which option is right.
-    return ids[:-1] if len(ids) > 1 and ids[-1] in encoder.stop_token_ids else ids
+    nll, scored_mask = token_nll(logits, labels, causal=not encoder.seq2seq)
+    return [(-nll[i][scored_mask[i].bool()]).tolist() for i in range(len(pairs))]
 
 
 @torch.inference_mode()
 def shared_prompt_logprobs(
     model: PreTrainedModel, encoder: StudentEncoder, items: list[tuple[str, list[str]]]
-) -> list[list[float]]:
-    """For each (prompt, targets): the mean log-probability per token of every target after that prompt
-    (the end token excluded).
+) -> list[list[list[float]]]:
+    """For each (prompt, targets): the log-probability of every scored token of every target after that
+    prompt (the end token excluded).
 
     Causal students read each prompt once (the prompts of all items in one right-padded batch) and score
     all its targets from the KV cache, with the targets' true positions; the prompt is most of the tokens,
@@ -157,7 +165,8 @@ def shared_prompt_logprobs(
         return [[next(flat) for _ in targets] for _, targets in items]
     device = _device(model)
     pad = encoder.tokenizer.pad_token_id
-    prompts = [encoder.prompt_ids(prompt) for prompt, _ in items]
+    split = [split_prompt(encoder, encoder.prompt_ids(prompt)) for prompt, _ in items]
+    prompts = [context for context, _ in split]
     lengths = torch.tensor([len(p) for p in prompts])
     ids, mask = _right_pad(prompts, pad)
     params = inspect.signature(model.forward).parameters
@@ -171,7 +180,9 @@ def shared_prompt_logprobs(
     name = "cache" if "cache" in params else "past_key_values"
     cache = getattr(head, name)
     owners = [b for b, (_, targets) in enumerate(items) for _ in targets]
-    rows = [_scored_ids(encoder, t) for _, targets in items for t in targets]
+    rows = [
+        split[b][1] + scored_target_ids(encoder, t) for b, (_, targets) in enumerate(items) for t in targets
+    ]
     cache.batch_select_indices(torch.tensor(owners, device=device))
     tail_ids, tail_mask = _right_pad(rows, pad)
     full_mask = torch.cat([mask[owners], tail_mask], dim=1)
@@ -184,29 +195,27 @@ def shared_prompt_logprobs(
         **{name: cache},
     )
     logp = torch.log_softmax(tail.logits.float(), dim=-1)
-    scores: list[list[float]] = [[] for _ in items]
+    scores: list[list[list[float]]] = [[] for _ in items]
     for i, (owner, row) in enumerate(zip(owners, rows, strict=True)):
-        total = first[owner, row[0]] + sum(logp[i, j - 1, row[j]] for j in range(1, len(row)))
-        scores[owner].append(float(total) / len(row))
+        tokens = [float(first[owner, row[0]])] + [float(logp[i, j - 1, row[j]]) for j in range(1, len(row))]
+        scores[owner].append(tokens)
     return scores
 
 
-def _option_pairs(example: Example, content_free: bool) -> list[tuple[str, str]]:
-    asked = example
-    if content_free:
-        asked = replace(example, question=CONTENT_FREE, context=None)
-    prompt = student_input(asked, ANSWER_PREFIX)
-    return [(prompt, answer_target(replace(example, answer=i))) for i in range(len(example.options))]
-
-
-def _option_scores(
-    model: PreTrainedModel, encoder: StudentEncoder, examples: Sequence[Example], content_free: bool
-) -> list[list[float]]:
+def option_scores(
+    model: PreTrainedModel,
+    encoder: StudentEncoder,
+    examples: Sequence[Example],
+    content_free: bool = False,
+    answer_format: AnswerFormat = "letter_text",
+) -> list[OptionScores]:
+    """Every option's scores for each example after the answer-task prompt (or a content-free one)."""
     items = []
     for example in examples:
-        pairs = _option_pairs(example, content_free)
-        items.append((pairs[0][0], [target for _, target in pairs]))
-    return shared_prompt_logprobs(model, encoder, items)
+        asked = replace(example, question=CONTENT_FREE, context=None) if content_free else example
+        items.append((student_input(asked, ANSWER_PREFIX), option_targets(example, answer_format)))
+    logprobs = shared_prompt_logprobs(model, encoder, items)
+    return [OptionScores.of(targets, rows) for (_, targets), rows in zip(items, logprobs, strict=True)]
 
 
 def _letter(index: int | None) -> str:
@@ -230,19 +239,21 @@ def evaluate(
     options = options or EvalOptions()
     was_training = model.training
     model.eval()
-    predictions: list[dict] = []
+    predictions: list[dict[str, Any]] = []
     for batch in _batches(list(examples), options.batch_size):
         answers = generate(
             model, encoder, [student_input(e, ANSWER_PREFIX) for e in batch], options.max_new_tokens
         )
-        scores: list[list[float]] = [[] for _ in batch]
+        scored: list[OptionScores | None] = [None] * len(batch)
         calibrated: list[list[float]] = [[] for _ in batch]
         if options.likelihood:
-            scores = _option_scores(model, encoder, batch, content_free=False)
+            found = option_scores(model, encoder, batch, answer_format=options.answer_format)
+            scored = list(found)
             if options.calibrate:
-                free = _option_scores(model, encoder, batch, content_free=True)
+                free = option_scores(model, encoder, batch, True, options.answer_format)
                 calibrated = [
-                    [a - b for a, b in zip(s, f, strict=True)] for s, f in zip(scores, free, strict=True)
+                    [a - b for a, b in zip(s.mean_scores, f.mean_scores, strict=True)]
+                    for s, f in zip(found, free, strict=True)
                 ]
         for i, (example, text) in enumerate(zip(batch, answers, strict=True)):
             predicted = parse_answer(text, example.options)
@@ -253,12 +264,14 @@ def evaluate(
                 "predicted": predicted,
                 "correct": predicted == example.answer,
             }
-            if scores[i]:
-                row["option_scores"] = [round(s, 5) for s in scores[i]]
-                row["likelihood_predicted"] = max(range(len(scores[i])), key=scores[i].__getitem__)
+            option = scored[i]
+            if option is not None:
+                row["acc_scores"] = [round(v, 5) for v in option.acc_scores]
+                row["acc_norm_scores"] = [round(v, 6) for v in option.acc_norm_scores]
+                row["acc_predicted"], row["acc_norm_predicted"] = option.acc, option.acc_norm
             if calibrated[i]:
                 row["calibrated_scores"] = [round(s, 5) for s in calibrated[i]]
-                row["calibrated_predicted"] = max(range(len(calibrated[i])), key=calibrated[i].__getitem__)
+                row["calibrated_predicted"] = best(calibrated[i])
             predictions.append(row)
         if progress is not None:
             progress(len(batch))
@@ -277,11 +290,11 @@ def evaluate(
     return EvalResult(summarise(predictions), predictions)
 
 
-def summarise(predictions: list[dict]) -> dict:
+def summarise(predictions: list[dict[str, Any]]) -> dict[str, Any]:
     """Accuracies (with binomial standard errors) and letter distributions of per-question predictions."""
     n = len(predictions)
 
-    def acc(key: str) -> dict:
+    def acc(key: str) -> dict[str, float]:
         hits = sum(1 for p in predictions if p.get(key) == p["gold"])
         value = hits / n if n else 0.0
         return {
@@ -289,18 +302,24 @@ def summarise(predictions: list[dict]) -> dict:
             "stderr": round(math.sqrt(value * (1 - value) / n), 4) if n else 0.0,
         }
 
-    metrics: dict = {
+    metrics: dict[str, Any] = {
         "n": n,
         **acc("predicted"),
         "parsed": round(sum(p["predicted"] is not None for p in predictions) / n, 4) if n else 0.0,
         "letter_distribution": _distribution([_letter(p["predicted"]) for p in predictions]),
         "gold_distribution": _distribution([_letter(p["gold"]) for p in predictions]),
     }
-    if predictions and "likelihood_predicted" in predictions[0]:
-        lik = acc("likelihood_predicted")
-        metrics["likelihood_accuracy"], metrics["likelihood_stderr"] = lik["accuracy"], lik["stderr"]
+    if predictions and "acc_predicted" in predictions[0]:
+        # lm-evaluation-harness's `acc` and `acc_norm`; `likelihood_*` (the reports' column) is `acc_norm`.
+        for key in ("acc", "acc_norm"):
+            lik = acc(f"{key}_predicted")
+            metrics[key], metrics[f"{key}_stderr"] = lik["accuracy"], lik["stderr"]
+        metrics["likelihood_accuracy"], metrics["likelihood_stderr"] = (
+            metrics["acc_norm"],
+            metrics["acc_norm_stderr"],
+        )
         metrics["likelihood_letter_distribution"] = _distribution(
-            [_letter(p["likelihood_predicted"]) for p in predictions]
+            [_letter(p["acc_norm_predicted"]) for p in predictions]
         )
     if predictions and "calibrated_predicted" in predictions[0]:
         cal = acc("calibrated_predicted")

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from distillery.config import Settings
 from distillery.datasets import dataset_file, load_jsonl
-from distillery.distill.config import TrainConfig
+from distillery.distill.config import DEFAULT_ALPHA, TrainConfig
 from distillery.distill.runner import execute_run_in_process
 from distillery.store import models as m
 from distillery.store import runs as run_store
@@ -48,13 +49,19 @@ class Preset:
     alpha: float
     alpha_sweep: tuple[float, ...]
     sweep_datasets: tuple[str, ...]
-    hyperparameters: dict
-    lora: dict = field(default_factory=lambda: {"r": 16, "alpha": 32})
+    hyperparameters: dict[str, Any]
+    lora: dict[str, Any] = field(default_factory=lambda: {"r": 16, "alpha": 32})
     lora_learning_rate: float = 2e-4
-    eval: dict = field(default_factory=dict)
-    filters: dict = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict[str, Any])
+    filters: dict[str, Any] = field(default_factory=dict[str, Any])
     notes: tuple[str, ...] = ()
+    answer_format: str = "option_text"
+    # The grid's columns to plan (None: all of them); labels as in `Experiment.label`.
+    configurations: tuple[str, ...] | None = None
 
+
+# A configuration is short: one checkpoint (at the end, if at all), gone once the model is exported.
+ONE_FINAL_CHECKPOINT = {"save_steps": 100_000, "save_total_limit": 1, "keep_checkpoints": False}
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
@@ -118,6 +125,78 @@ PRESETS: dict[str, Preset] = {
             "A busy machine (other jobs on the 2 cores) stretches every figure above proportionally.",
         ),
     ),
+    "cpu-evidence": Preset(
+        name="cpu-evidence",
+        description="SmolLM2-135M-Instruct on OpenBookQA, fp32 on 2 CPU cores, one invocation of at most "
+        "120 min: 304 training questions, every configuration scored on the same 500 dev questions.",
+        student="smollm2-135m",
+        datasets=("obqa",),
+        train_limit=304,
+        eval_split="dev",
+        eval_limit=500,
+        alpha=DEFAULT_ALPHA,
+        alpha_sweep=(),
+        sweep_datasets=(),
+        hyperparameters={
+            "batch_size": 8,
+            "epochs": 1,
+            "learning_rate": 1e-4,
+            "lr_scheduler": "constant",
+            "max_input_tokens": 96,
+            "max_target_tokens": 32,
+            **ONE_FINAL_CHECKPOINT,
+            "logging_steps": 2,
+            "precision": "fp32",
+        },
+        filters={"shuffle_options": True},
+        eval={"batch_size": 25, "max_new_tokens": 12, "calibrate": False},
+        notes=(
+            "OpenBookQA: the first 304 training questions (1 epoch = 38 steps of 8, constant lr 1e-4, LoRA "
+            "r 16 at 2e-4), options shuffled (seeded), the gold option's text as the answer target.",
+            "Every configuration answers the same 500 dev questions (the whole OBQA dev split): paired "
+            "comparisons by exact McNemar test and bootstrap CI; a binomial standard error is ~2 points.",
+            "TinyLLM with both paper teachers (FLAN-T5-xl, LLaMA-2-7b-chat rationales) at alpha 0.5, and "
+            "without each teacher; no alpha sweep (time).",
+            "Generation (12 new tokens: OBQA options are a few words) and lm-eval acc/acc_norm; no "
+            "calibrated score (it doubles the likelihood pass).",
+            "Budget estimate (idle 2-core machine, from cpu-small's per-step timings: a label step of 8 "
+            "~13 s, a task costs about as much as the answer task): label-ft 38 x 13 s ~8 min, LoRA ~7 min, "
+            "TinyLLM (3 tasks) ~25 min, each w/o (2 tasks) ~17 min: ~74 min of training; 6 x 500 questions "
+            "at ~0.8 s (generation + likelihood) ~40 min; loading/export ~2 min: ~116 min.",
+        ),
+    ),
+    "gpu-small": Preset(
+        name="gpu-small",
+        description="SmolLM2-135M-Instruct on one H200 in bf16, at most ~8 min of GPU compute: the full "
+        "OBQA, ARC and RiddleSense train sets, inference-only / label fine-tuning / TinyLLM.",
+        student="smollm2-135m",
+        datasets=("obqa", "arc", "riddle"),
+        train_limit=None,
+        eval_split="dev",
+        eval_limit=None,
+        alpha=DEFAULT_ALPHA,
+        alpha_sweep=(),
+        sweep_datasets=(),
+        configurations=("inference-only", "label-ft", "tinyllm"),
+        hyperparameters={
+            "batch_size": 32,
+            "epochs": 1,
+            "learning_rate": 1e-4,
+            "lr_scheduler": "auto",
+            "max_input_tokens": 256,
+            "max_target_tokens": 96,
+            **ONE_FINAL_CHECKPOINT,
+            "logging_steps": 10,
+            "precision": "bf16",
+        },
+        eval=dict(batch_size=128, max_new_tokens=16, calibrate=False),
+        notes=(
+            "Full train sets (OBQA 4,957, ARC 1,117, RiddleSense 3,510 questions), 1 epoch of batch 32, "
+            "bf16; every configuration of a dataset answers its whole dev split (paired).",
+            "Sized (an estimate, not a measurement) at ~300 optimiser steps per method over the three "
+            "datasets, each well under a second for a 135M student on an H200, plus ~3,600 dev answers.",
+        ),
+    ),
     "paper": Preset(
         name="paper",
         description="Full-size grid for a GPU: full splits, paper hyper-parameters, bf16, full alpha sweep.",
@@ -168,67 +247,106 @@ class Experiment:
         return f"experiment:{digest}"
 
 
+def rationale_file(dataset: str, settings: Settings) -> Path | None:
+    """The paper rationales of `dataset` that `prepare_data` imports: the shared copy, else the packaged."""
+    for base in (settings.rationales_dir, Path(__file__).resolve().parents[1] / "data" / "rationales"):
+        path = base / dataset / "train.jsonl"
+        if path.is_file():
+            return path
+    return None
+
+
+def rationale_teachers(datasets: list[str], settings: Settings) -> dict[str, set[str]]:
+    """Per dataset, the teachers its paper rationales come from (PIQA: FLAN-T5 only, no LLaMA ones)."""
+    found: dict[str, set[str]] = {}
+    for dataset in datasets:
+        path = rationale_file(dataset, settings)
+        names: set[str] = set()
+        if path is not None:
+            with path.open(encoding="utf-8") as fh:
+                names = {json.loads(line)["teacher"] for line in fh if line.strip()}
+        found[dataset] = names
+    return found
+
+
 def plan(
     preset: Preset,
     datasets: list[str],
     student: str | None = None,
     no_incontext_jobs: dict[str, str] | None = None,
+    teachers_of: Mapping[str, Collection[str]] | None = None,
 ) -> list[Experiment]:
-    """The grid of `preset` for `datasets` (inference-only, label-ft, lora, tinyllm, ablations, sweep)."""
+    """The grid of `preset` for `datasets` (inference-only, label-ft, lora, tinyllm, ablations, sweep).
+
+    `teachers_of` (dataset -> teachers with rationales for it, see `rationale_teachers`) leaves a teacher
+    out of the cells of a dataset it has no rationales for: TinyLLM there uses the others, its `w/o`
+    cell is not planned (the report shows n/a), and with no teacher at all no TinyLLM cell is planned.
+    """
     student = student or preset.student
     out: list[Experiment] = []
     for dataset in datasets:
+        out += _dataset_grid(preset, dataset, student, no_incontext_jobs, teachers_of)
+    wanted = preset.configurations
+    return out if wanted is None else [e for e in out if e.label in wanted]
 
-        def cfg(method: str, dataset: str = dataset, **extra: object) -> TrainConfig:
-            hyper = {**preset.hyperparameters, **extra.pop("hyper", {})}  # type: ignore[arg-type]
-            body = {
-                "student": student,
-                "method": method,
-                "dataset": dataset,
-                "limit": preset.train_limit,
-                "hyperparameters": hyper,
-                "filters": preset.filters,
-                "eval": {"split": preset.eval_split, "limit": preset.eval_limit, **preset.eval},
-                "model_name": f"exp-{preset.name}-{dataset}-{method}",
-                **extra,
-            }
-            return TrainConfig.model_validate(body)
 
-        teachers = list(PAPER_TEACHERS)
-        out.append(Experiment(dataset, "inference-only", cfg("inference_only")))
-        out.append(Experiment(dataset, "label-ft", cfg("label_ft")))
-        out.append(
-            Experiment(
-                dataset,
-                "lora",
-                cfg("lora", lora=preset.lora, hyper={"learning_rate": preset.lora_learning_rate}),
-            )
+def _dataset_grid(
+    preset: Preset,
+    dataset: str,
+    student: str,
+    no_incontext_jobs: dict[str, str] | None,
+    teachers_of: Mapping[str, Collection[str]] | None,
+) -> list[Experiment]:
+    """The cells of one dataset, in table order."""
+    out: list[Experiment] = []
+
+    def cfg(method: str, **extra: Any) -> TrainConfig:
+        hyper = {**preset.hyperparameters, **extra.pop("hyper", {})}
+        body = {
+            "student": student,
+            "method": method,
+            "dataset": dataset,
+            "limit": preset.train_limit,
+            "hyperparameters": hyper,
+            "filters": preset.filters,
+            "eval": {"split": preset.eval_split, "limit": preset.eval_limit, **preset.eval},
+            "model_name": f"exp-{preset.name}-{dataset}-{method}",
+            "answer_format": preset.answer_format,
+            **extra,
+        }
+        return TrainConfig.model_validate(body)
+
+    teachers = [t for t in PAPER_TEACHERS if teachers_of is None or t in teachers_of.get(dataset, ())]
+    out.append(Experiment(dataset, "inference-only", cfg("inference_only")))
+    out.append(Experiment(dataset, "label-ft", cfg("label_ft")))
+    out.append(
+        Experiment(
+            dataset,
+            "lora",
+            cfg("lora", lora=preset.lora, hyper={"learning_rate": preset.lora_learning_rate}),
         )
+    )
+    if not teachers:
+        return out
+    out.append(
+        Experiment(dataset, "tinyllm", cfg("tinyllm", teachers=teachers, alpha=preset.alpha), preset.alpha)
+    )
+    for teacher in teachers if len(teachers) > 1 else []:
+        rest = [t for t in teachers if t != teacher]
+        out.append(Experiment(dataset, f"w/o {teacher}", cfg("tinyllm", teachers=rest, alpha=preset.alpha)))
+    job = (no_incontext_jobs or {}).get(dataset)
+    if job:
         out.append(
-            Experiment(
-                dataset, "tinyllm", cfg("tinyllm", teachers=teachers, alpha=preset.alpha), preset.alpha
-            )
+            Experiment(dataset, "w/o in-context", cfg("tinyllm", rationale_jobs=[job], alpha=preset.alpha))
         )
-        for teacher in teachers:
-            rest = [t for t in teachers if t != teacher]
-            out.append(
-                Experiment(dataset, f"w/o {teacher}", cfg("tinyllm", teachers=rest, alpha=preset.alpha))
-            )
-        job = (no_incontext_jobs or {}).get(dataset)
-        if job:
-            out.append(
-                Experiment(
-                    dataset, "w/o in-context", cfg("tinyllm", rationale_jobs=[job], alpha=preset.alpha)
-                )
-            )
-        if dataset in preset.sweep_datasets:
-            for alpha in preset.alpha_sweep:
-                if alpha != preset.alpha:
-                    out.append(
-                        Experiment(
-                            dataset, f"alpha={alpha:g}", cfg("tinyllm", teachers=teachers, alpha=alpha), alpha
-                        )
+    if dataset in preset.sweep_datasets and preset.alpha_sweep:
+        for alpha in preset.alpha_sweep:
+            if alpha != preset.alpha:
+                out.append(
+                    Experiment(
+                        dataset, f"alpha={alpha:g}", cfg("tinyllm", teachers=teachers, alpha=alpha), alpha
                     )
+                )
     return out
 
 
@@ -243,24 +361,39 @@ def prepare_data(
                 path = dataset_file(dataset, split, settings.datasets_dir)
                 result = import_examples(session, dataset, split, load_jsonl(path), source=str(path))
                 lines.append(f"{dataset}/{split}: {result.inserted} new examples ({path})")
-        for base in (settings.rationales_dir, Path(__file__).resolve().parents[1] / "data" / "rationales"):
-            path = base / dataset / "train.jsonl"
-            if path.is_file():
-                with session_scope(database_url) as session:
-                    summary = import_rationale_file(session, path, dataset, "train")
-                lines.append(
-                    f"{dataset}/train rationales: {summary.inserted} new of {summary.lines} ({path})"
-                )
-                break
+        rationales = rationale_file(dataset, settings)
+        if rationales is not None:
+            with session_scope(database_url) as session:
+                summary = import_rationale_file(session, rationales, dataset, "train")
+            lines.append(
+                f"{dataset}/train rationales: {summary.inserted} new of {summary.lines} ({rationales})"
+            )
         else:
-            lines.append(f"{dataset}: no paper rationales found; TinyLLM configurations will be refused")
+            lines.append(f"{dataset}: no paper rationales found; no TinyLLM configuration is planned")
     return lines
 
 
-def _result(exp: Experiment, row: m.TrainingRun) -> dict:
+def per_question(predictions: str | None) -> dict[str, list[Any]]:
+    """Question ids and per-question correctness (generation, and lm-eval acc_norm when scored) of a run's
+    predictions file: what the report's paired comparisons are computed from."""
+    path = Path(predictions) if predictions else None
+    if path is None or not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    out: dict[str, list[Any]] = {
+        "question_ids": [r["id"] for r in rows],
+        "correct": [bool(r["correct"]) for r in rows],
+    }
+    if rows and "acc_norm_predicted" in rows[0]:
+        out["acc_norm_correct"] = [r["acc_norm_predicted"] == r["gold"] for r in rows]
+    return out
+
+
+def _result(exp: Experiment, row: m.TrainingRun) -> dict[str, Any]:
     metrics = row.metrics or {}
     ev = metrics.get("eval") or {}
     return {
+        **per_question(metrics.get("predictions")),
         "key": exp.key,
         "dataset": exp.dataset,
         "label": exp.label,
@@ -278,6 +411,8 @@ def _result(exp: Experiment, row: m.TrainingRun) -> dict:
         "gold_distribution": ev.get("gold_distribution"),
         "train_examples": metrics.get("train_examples"),
         "steps": metrics.get("steps"),
+        "selected_step": metrics.get("selected_step"),
+        "selection": metrics.get("selection"),
         "train_runtime_s": metrics.get("train_runtime_s"),
         "train_tokens_per_s": metrics.get("train_tokens_per_s"),
         "loss_curve": row.loss_curve or [],
@@ -289,9 +424,9 @@ def run_grid(
     database_url: str,
     settings: Settings,
     experiments: list[Experiment],
-    on_result: Callable[[dict], None] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
     on_start: Callable[[Experiment, str, bool], None] | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Run every experiment not finished yet (resuming interrupted ones); results in plan order."""
     results = []
     for exp in experiments:
@@ -307,7 +442,10 @@ def run_grid(
                 on_start(exp, run_id, created)
             execute_run_in_process(database_url, run_id, settings, progress_bar=True)
         with session_scope(database_url) as session:
-            result = _result(exp, run_store.get_run(session, run_id))
+            finished = run_store.get_run(session, run_id)
+            if finished is None:
+                raise KeyError(f"no training run {run_id}")
+            result = _result(exp, finished)
         results.append(result)
         if on_result is not None:
             on_result(result)
@@ -315,7 +453,11 @@ def run_grid(
 
 
 def save_results(
-    results: list[dict], out_dir: Path, preset: Preset, data_lines: list[str], student: str | None = None
+    results: list[dict[str, Any]],
+    out_dir: Path,
+    preset: Preset,
+    data_lines: list[str],
+    student: str | None = None,
 ) -> Path:
     """results.json so far (written after every configuration, atomically)."""
     out_dir.mkdir(parents=True, exist_ok=True)

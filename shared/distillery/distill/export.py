@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -21,9 +22,8 @@ STUDENT_INFO = "distillery_student.json"  # how to prompt the student (prefixes,
 
 def merged(model: nn.Module) -> PreTrainedModel:
     """The plain transformers model: a PEFT adapter merged into its base, anything else as is."""
-    if hasattr(model, "merge_and_unload"):
-        return model.merge_and_unload()
-    return model  # type: ignore[return-value]
+    merge = getattr(model, "merge_and_unload", None)  # a PEFT model's
+    return model if merge is None else merge()
 
 
 def export_model(
@@ -31,7 +31,7 @@ def export_model(
     tokenizer: PreTrainedTokenizerBase,
     encoder: StudentEncoder,
     out_dir: Path,
-    info: dict,
+    info: dict[str, Any],
     max_new_tokens: int = 256,
 ) -> PreTrainedModel:
     """Write config.json, model.safetensors, tokenizer, generation_config.json, STUDENT_INFO to `out_dir`."""

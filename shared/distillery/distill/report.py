@@ -4,37 +4,52 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from distillery.distill.experiments import Preset
+from distillery.distill.stats import compare
+
+PAIRED_SCORES = {"correct": "generated answer", "acc_norm_correct": "option likelihood (lm-eval acc_norm)"}
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _cell(result: dict | None) -> str:
+def _cell(result: dict[str, Any] | None) -> str:
     if result is None:
-        return ""
-    if result["status"] != "completed":
-        return result["status"]
+        return "n/a"  # not planned: a teacher without rationales for that dataset (PIQA has no LLaMA ones)
+    status: str = result["status"]
+    if status != "completed":
+        return status
     text = f"{_pct(result['accuracy'])} ± {_pct(result['stderr'])}"
     if result.get("likelihood_accuracy") is not None:
         text += f" ({_pct(result['likelihood_accuracy'])} / {_pct(result.get('calibrated_accuracy'))})"
     return text
 
 
-def _letters(dist: dict | None) -> str:
+def _selected(result: dict[str, Any]) -> str:
+    """The step whose checkpoint is the result: the best one by model selection, else the last."""
+    step, selection = result.get("selected_step"), result.get("selection")
+    if step is None or not selection:
+        return "last"
+    return f"{step} (best {selection['split']} acc_norm of every {selection['every']})"
+
+
+def _letters(dist: dict[str, Any] | None) -> str:
     return " ".join(f"{k}:{v}" for k, v in (dist or {}).items())
 
 
-def _grid(results: list[dict]) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
+def _grid(
+    results: list[dict[str, Any]],
+) -> tuple[list[str], list[str], dict[tuple[str, str], dict[str, Any]]]:
     labels = list(OrderedDict.fromkeys(r["label"] for r in results))
     datasets = list(OrderedDict.fromkeys(r["dataset"] for r in results))
     return labels, datasets, {(r["label"], r["dataset"]): r for r in results}
 
 
 def markdown(
-    results: list[dict], preset: Preset, student: str, data_lines: list[str], minutes: float | None
+    results: list[dict[str, Any]], preset: Preset, student: str, data_lines: list[str], minutes: float | None
 ) -> str:
     labels, datasets, by = _grid(results)
     lines = [
@@ -47,13 +62,15 @@ def markdown(
         "## Accuracy (%)",
         "",
         "Generated-answer accuracy ± standard error; in brackets the option-likelihood accuracy and the "
-        "calibrated (content-free prompt) likelihood accuracy.",
+        "calibrated (content-free prompt) likelihood accuracy. n/a: not run, because a teacher the cell "
+        "needs has no rationales for that dataset.",
         "",
         "| method | " + " | ".join(datasets) + " |",
         "|---|" + "---|" * len(datasets),
     ]
     for label in labels:
         lines.append(f"| {label} | " + " | ".join(_cell(by.get((label, d))) for d in datasets) + " |")
+    lines += paired_section(results)
     lines += [
         "",
         "## Predicted letters (generation)",
@@ -67,14 +84,15 @@ def markdown(
                 f"| {r['label']} | {r['dataset']} | {_letters(r['letter_distribution'])} | "
                 f"{_letters(r['gold_distribution'])} | {r['n']} |"
             )
-    lines += ["", "## Training", "", "| method | dataset | examples | steps | s | tokens/s | final loss |"]
-    lines.append("|---|---|---|---|---|---|---|")
+    lines += ["", "## Training", ""]
+    lines += ["| method | dataset | examples | steps | model of step | s | tokens/s | final loss |"]
+    lines.append("|---|---|---|---|---|---|---|---|")
     for r in results:
         if r["method"] != "inference_only" and r["status"] == "completed":
             final = r["loss_curve"][-1]["loss"] if r["loss_curve"] else None
             lines.append(
                 f"| {r['label']} | {r['dataset']} | {r['train_examples']} | {r['steps']} | "
-                f"{r['train_runtime_s']} | {r.get('train_tokens_per_s') or '-'} | "
+                f"{_selected(r)} | {r['train_runtime_s']} | {r.get('train_tokens_per_s') or '-'} | "
                 f"{final if final is not None else '-'} |"
             )
     lines += [
@@ -102,7 +120,47 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def plots(results: list[dict], out_dir: Path) -> list[Path]:
+def paired_section(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown of every pair of completed methods answered on the same questions, per dataset and score:
+    both right, only A, only B, exact McNemar p and the bootstrap 95 % CI of accuracy(A) - accuracy(B)."""
+    lines = [
+        "",
+        "## Paired comparisons",
+        "",
+        "Each pair of methods on the same questions: both right, only A right, only B right, the exact "
+        "McNemar p-value and a bootstrap 95 % CI of the accuracy difference A - B (points). A CI that "
+        "contains 0 (p >= 0.05) is a difference inside the noise.",
+    ]
+    done = [r for r in results if r.get("status") == "completed" and r.get("question_ids")]
+    datasets = list(OrderedDict.fromkeys(r["dataset"] for r in done))
+    for key, name in PAIRED_SCORES.items():
+        rows = []
+        for dataset in datasets:
+            runs = [r for r in done if r["dataset"] == dataset and r.get(key) is not None]
+            for i, a in enumerate(runs):
+                for b in runs[i + 1 :]:
+                    if a["question_ids"] != b["question_ids"]:
+                        continue
+                    c = compare(a[key], b[key])
+                    low, high = c["ci95"]
+                    cells = [dataset, a["label"], b["label"], c["n"], c["both"], c["only_a"], c["only_b"]]
+                    cells += [f"{100 * c['difference']:+.1f}", f"[{100 * low:+.1f}, {100 * high:+.1f}]"]
+                    rows.append("| " + " | ".join(map(str, [*cells, f"{c['mcnemar_p']:.3g}"])) + " |")
+        if rows:
+            lines += [
+                "",
+                f"### {name}",
+                "",
+                "| dataset | A | B | n | both | only A | only B | A - B | 95 % CI | McNemar p |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+                *rows,
+            ]
+    if len(lines) == 4:
+        lines += ["", "No two completed methods with per-question predictions on the same questions."]
+    return lines
+
+
+def plots(results: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """accuracy.png (per method and dataset), alpha.png (accuracy vs alpha), loss_curves.png."""
     import matplotlib
 

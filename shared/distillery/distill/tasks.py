@@ -1,6 +1,6 @@
 """The multi-task training set: per example, the answer task and one rationale task per teacher.
 
-    answer task     (task 0): ANSWER_PREFIX + question + options (+ context) -> "(x) gold option"
+    answer task     (task 0): ANSWER_PREFIX + question + options (+ context) -> "gold option text"
     teacher m task  (task m): prefix_m      + question + options (+ context) -> rationale of teacher m
 
 Rows are streamed from PostgreSQL (server-side cursor, a chunk of examples at a time), encoded, and
@@ -16,17 +16,18 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import datasets
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from distillery.distill.checks import ResolvedRun, rationale_scope
 from distillery.distill.encoding import StudentEncoder
-from distillery.rationales.prompts import ANSWER_PREFIX, answer_target, student_input
 from distillery.rationales.checks import clean_rationale
+from distillery.rationales.prompts import ANSWER_PREFIX, answer_target, student_input
 from distillery.records import Example
 from distillery.store import models as m
+from distillery.store.examples import split_query, to_record
 
 CHUNK = 256
 FEATURES = datasets.Features(
@@ -57,20 +58,10 @@ def shuffled(example: Example, seed: int) -> Example:
 
 
 def _examples(session: Session, run: ResolvedRun) -> Iterator[list[tuple[int, Example]]]:
-    cfg = run.config
-    stmt = (
-        select(m.Example)
-        .where(m.Example.dataset_id == run.dataset_id, m.Example.split == cfg.split)
-        .order_by(m.Example.id)
-        .execution_options(yield_per=CHUNK)
-    )
-    if cfg.limit is not None:
-        stmt = stmt.limit(cfg.limit)
+    stmt = split_query(run.dataset_id, run.config.split, run.config.limit)
     chunk: list[tuple[int, Example]] = []
-    for row in session.scalars(stmt):
-        chunk.append(
-            (row.id, Example(row.external_id, row.question, tuple(row.options), row.answer, row.context))
-        )
+    for row in session.scalars(stmt.execution_options(yield_per=CHUNK)):
+        chunk.append((row.id, to_record(row)))
         if len(chunk) == CHUNK:
             yield chunk
             chunk = []
@@ -110,14 +101,14 @@ def iter_tasks(session: Session, run: ResolvedRun) -> Iterator[tuple[Example, li
         texts = _rationales(session, run, [row_id for row_id, _ in chunk]) if teachers else {}
         for row_id, example in chunk:
             asked = shuffled(example, cfg.hyperparameters.seed) if cfg.filters.shuffle_options else example
-            tasks = [Task(0, student_input(asked, ANSWER_PREFIX), answer_target(asked))]
+            tasks = [Task(0, student_input(asked, ANSWER_PREFIX), answer_target(asked, cfg.answer_format))]
             for teacher in teachers:
                 for text in texts.get((row_id, teacher.teacher_id), []):
                     tasks.append(Task(teacher.task_id, student_input(example, teacher.prefix), text))
             yield example, tasks
 
 
-def encode_rows(session: Session, run: ResolvedRun, encoder: StudentEncoder) -> Iterator[dict]:
+def encode_rows(session: Session, run: ResolvedRun, encoder: StudentEncoder) -> Iterator[dict[str, Any]]:
     """Dataset rows: one per example, holding every task's token ids."""
     for example, tasks in iter_tasks(session, run):
         input_ids, labels = [], []

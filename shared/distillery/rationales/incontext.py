@@ -134,6 +134,9 @@ def default_embedder() -> Embedder:
     model = _load_sentence_model()
 
     def embed(texts: list[str]) -> np.ndarray:
-        return model.encode(list(texts), batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+        vectors: np.ndarray = model.encode(
+            list(texts), batch_size=64, convert_to_numpy=True, show_progress_bar=False
+        )
+        return vectors
 
     return embed

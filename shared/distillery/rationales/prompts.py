@@ -10,6 +10,7 @@ import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from distillery.records import OPTION_LETTERS, Demonstration, Example
 
@@ -24,6 +25,8 @@ class PromptTemplate:
     instruction: str
     system: str
     chat_request: str
+    # Asked in a chat demonstration that has no rationale; its assistant turn is the gold answer.
+    chat_answer_request: str = "Which option is correct?"
     question_label: str = "Question:"
     options_label: str = "Answer Choices:"
     context_label: str = "Context:"
@@ -83,17 +86,32 @@ def format_options(options: Sequence[str], label: str = "Answer Choices:") -> st
     return "\n".join([label, *lines])
 
 
-def answer_target(example: Example) -> str:
-    """Gold answer as the answer task's target and as shown to teachers: `(b) option text`."""
+# The student's answer-task target: `option_text` is the official TinyLLM / distilling-step-by-step label
+# (the gold option's text), `letter_text` is `(b) option text` (what teachers are shown). With the letter
+# format only about one target token in ten carries the choice, and small students collapse to a letter.
+AnswerFormat = Literal["option_text", "letter_text"]
+ANSWER_FORMATS: tuple[AnswerFormat, ...] = ("option_text", "letter_text")
+
+
+def answer_target(example: Example, answer_format: AnswerFormat = "letter_text") -> str:
+    """Gold answer in `answer_format`: `(b) option text` (as shown to teachers) or `option text`.
+
+    `parse_answer` reads both forms back, so a student trained on either is scored the same way.
+    """
+    if answer_format == "option_text":
+        return example.gold.strip()
+    if answer_format != "letter_text":
+        raise ValueError(f"unknown answer format {answer_format!r}; known: {', '.join(ANSWER_FORMATS)}")
     return f"({example.gold_letter}) {example.gold.strip()}"
 
 
-def _question_block(example: Example, template: PromptTemplate) -> list[str]:
+def _question_block(example: Example, template: PromptTemplate, with_answer: bool = True) -> list[str]:
     lines = [f"{template.question_label} {example.question.strip()}"]
     lines.append(format_options(example.options, template.options_label))
     if example.context:
         lines.append(f"{template.context_label} {example.context.strip()}")
-    lines.append(f"{template.answer_label} {answer_target(example)}")
+    if with_answer:
+        lines.append(f"{template.answer_label} {answer_target(example)}")
     return lines
 
 
@@ -133,20 +151,41 @@ def teacher_messages(
 ) -> list[dict[str, str]]:
     """Chat rendering of the teacher prompt: a system message, few-shot user/assistant turns, the target.
 
-    Demonstrations without a rationale are left out here: an empty assistant turn would teach the model
-    to answer with nothing.
+    A demonstration with a rationale is the target's pattern (question and gold answer, the request for
+    an explanation, the rationale as the assistant's reply). One without a rationale is still shown, as
+    the question asked plainly and the gold answer as the reply: an empty assistant turn would teach the
+    model to answer with nothing, and leaving it out would make the job the without-in-context ablation
+    (completion prompts show it too, without a Rationale line). Every demonstration is shown either way.
     """
     template = get_template(version)
     messages = [{"role": "system", "content": template.system}]
     for demo in demonstrations:
-        if not demo.rationale.strip():
-            continue
-        user = "\n".join([*_question_block(demo.example, template), "", template.chat_request])
+        if demo.rationale.strip():
+            user = "\n".join([*_question_block(demo.example, template), "", template.chat_request])
+            reply = _with_lead_in(demo.rationale, template.lead_in)
+        else:
+            user = "\n".join(
+                [
+                    *_question_block(demo.example, template, with_answer=False),
+                    "",
+                    template.chat_answer_request,
+                ]
+            )
+            reply = f"{template.answer_label} {answer_target(demo.example)}"
         messages.append({"role": "user", "content": user})
-        messages.append({"role": "assistant", "content": _with_lead_in(demo.rationale, template.lead_in)})
+        messages.append({"role": "assistant", "content": reply})
     user = "\n".join([*_question_block(example, template), "", template.chat_request])
     messages.append({"role": "user", "content": user})
     return messages
+
+
+def demonstration_provenance(demonstrations: Sequence[Demonstration]) -> tuple[list[str], list[bool]]:
+    """What a rationale row records of its prompt: the ids of the demonstrations shown (every one, for
+    both renderings) and, for each, whether it was shown with a rationale."""
+    return (
+        [demo.example.id for demo in demonstrations],
+        [bool(demo.rationale.strip()) for demo in demonstrations],
+    )
 
 
 def teacher_prefix(teacher_name: str, overrides: Mapping[str, str] | None = None) -> str:

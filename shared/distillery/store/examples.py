@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, literal_column, select
+from sqlalchemy import Boolean, Select, func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from distillery.records import Example
 from distillery.store import models as m
@@ -49,17 +50,17 @@ def import_examples(
             }
             for ex in examples[start : start + BATCH]
         ]
-        stmt = insert(m.Example).values(rows)
+        values = insert(m.Example).values(rows)
         cols = ("split", "question", "options", "answer", "context")
-        stmt = stmt.on_conflict_do_update(
+        upsert: ReturningInsert[int, bool] = values.on_conflict_do_update(
             index_elements=["dataset_id", "external_id"],
-            set_={c: stmt.excluded[c] for c in cols},
+            set_={c: values.excluded[c] for c in cols},
             # Only touch rows whose content differs, so re-imports are true no-ops.
             where=func.row(*(getattr(m.Example, c) for c in cols)).is_distinct_from(
-                func.row(*(stmt.excluded[c] for c in cols))
+                func.row(*(values.excluded[c] for c in cols))
             ),
-        ).returning(m.Example.__table__.c.id, literal_column("(xmax = 0)"))
-        for _, was_insert in session.execute(stmt):
+        ).returning(m.Example.id, literal_column("(xmax = 0)", Boolean))
+        for _, was_insert in session.execute(upsert):
             if was_insert:
                 inserted += 1
             else:
@@ -91,10 +92,31 @@ def split_counts(session: Session) -> list[tuple[str, str, int]]:
         .group_by(m.Dataset.name, m.Example.split)
         .order_by(m.Dataset.name, m.Example.split)
     )
-    return [tuple(r) for r in session.execute(stmt)]
+    return [(name, split, count) for name, split, count in session.execute(stmt)]
+
+
+def split_size(session: Session, dataset_id: int, split: str) -> int:
+    """How many examples the dataset's split holds."""
+    stmt = (
+        select(func.count())
+        .select_from(m.Example)
+        .where(m.Example.dataset_id == dataset_id, m.Example.split == split)
+    )
+    return session.scalar(stmt) or 0
+
+
+def split_query(dataset_id: int, split: str, limit: int | None = None) -> Select[m.Example]:
+    """SELECT of the split's example rows in their stable (import) order, the first `limit` if given."""
+    stmt = (
+        select(m.Example)
+        .where(m.Example.dataset_id == dataset_id, m.Example.split == split)
+        .order_by(m.Example.id)
+    )
+    return stmt if limit is None else stmt.limit(limit)
 
 
 def to_record(row: m.Example) -> Example:
+    """The plain `Example` a stored example row holds."""
     return Example(row.external_id, row.question, tuple(row.options), row.answer, row.context)
 
 

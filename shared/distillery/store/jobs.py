@@ -1,4 +1,4 @@
-"""Rationale jobs: creation (idempotent), the chunk plan, progress counters, completion and listings.
+"""Rationale jobs: creation (idempotent), item slices for the fan-out, progress, completion and listings.
 
 The gateway writes jobs here and the worker reads and advances them; the row is the only state they
 share. Progress counters on `job_teacher` are bumped in the same transaction as the rationale (or failure)
@@ -8,12 +8,13 @@ they count, so they never drift; `reconcile` recounts from the rows anyway befor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, exists, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
+from sqlalchemy.sql.expression import ColumnClause
 
 from distillery.store import models as m
 
@@ -22,12 +23,8 @@ COMPLETED, COMPLETED_WITH_ERRORS = "completed", "completed_with_errors"
 CANCELLED, FAILED = "cancelled", "failed"
 STATUSES = (QUEUED, RUNNING, COMPLETED, COMPLETED_WITH_ERRORS, CANCELLED, FAILED)
 TERMINAL = frozenset({COMPLETED, COMPLETED_WITH_ERRORS, CANCELLED, FAILED})
-
-
-@dataclass(frozen=True)
-class Chunk:
-    teacher_id: int
-    example_ids: list[int]
+# PostgreSQL notification channel: the id of a job cancelled, sent when the cancel commits.
+CANCEL_CHANNEL = "distillery_job_cancelled"
 
 
 def create_job(
@@ -38,7 +35,7 @@ def create_job(
     example_ids: Sequence[int],
     teacher_ids: Sequence[int],
     samples_per_example: int,
-    params: dict,
+    params: dict[str, Any],
     idempotency_key: str | None = None,
 ) -> tuple[m.RationaleJob, bool]:
     """Insert a queued job and its per-teacher rows; (job, created). A repeated idempotency key returns
@@ -67,11 +64,61 @@ def create_job(
         m.JobTeacher(job_id=inserted, teacher_id=tid, total=per_teacher) for tid in dict.fromkeys(teacher_ids)
     )
     session.flush()
-    return session.get(m.RationaleJob, inserted), True
+    job = session.get(m.RationaleJob, inserted)
+    assert job is not None
+    return job, True
 
 
 def get_job(session: Session, job_id: str) -> m.RationaleJob | None:
     return session.get(m.RationaleJob, job_id)
+
+
+def chunk_job(session: Session, job_id: str) -> m.RationaleJob | None:
+    """The job as a chunk needs it: status, dataset, split and params without the item list.
+
+    A detached copy: the item list (`params["example_ids"]`, a million ids in a large job) stays in
+    the database instead of being parsed for every chunk.
+    """
+    j = m.RationaleJob
+    row = session.execute(
+        select(
+            j.status,
+            j.dataset_id,
+            j.split,
+            j.total,
+            j.params["samples_per_example"],
+            j.params["in_context"],
+            j.params["generation"],
+        ).where(j.id == job_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    status, dataset_id, split, total, samples, in_context, generation = row
+    params = {
+        "samples_per_example": samples or 1,
+        "in_context": in_context or {},
+        "generation": generation or {},
+    }
+    return m.RationaleJob(
+        id=job_id, status=status, dataset_id=dataset_id, split=split, total=total, params=params
+    )
+
+
+def item_count(session: Session, job_id: str) -> int:
+    """How many examples the job covers (per teacher), without loading them."""
+    ids = m.RationaleJob.params["example_ids"]
+    count = session.scalar(select(func.jsonb_array_length(ids)).where(m.RationaleJob.id == job_id))
+    return int(count or 0)
+
+
+def example_slice(session: Session, job_id: str, start: int, stop: int) -> list[int]:
+    """The job's example ids [start, stop) in plan order, sliced in the database."""
+    if stop <= start:
+        return []
+    ids = m.RationaleJob.params["example_ids"]
+    path: ColumnClause[Any] = literal_column(f"'$[{int(start)} to {int(stop) - 1}]'::jsonpath")
+    found = session.scalar(select(func.jsonb_path_query_array(ids, path)).where(m.RationaleJob.id == job_id))
+    return [int(i) for i in found or []]
 
 
 def job_status(session: Session, job_id: str) -> str | None:
@@ -114,20 +161,6 @@ def teacher_progress(session: Session, job_id: str) -> list[tuple[m.JobTeacher, 
     return [(row, name) for row, name in session.execute(stmt)]
 
 
-def chunk_plan(job: m.RationaleJob, chunk_size: int) -> list[Chunk]:
-    """The job's work split into chunks per teacher, interleaved across teachers so that one slow
-    teacher's backlog does not queue in front of every other teacher's work."""
-    example_ids: list[int] = job.params["example_ids"]
-    per_teacher = [
-        [Chunk(tid, example_ids[i : i + chunk_size]) for i in range(0, len(example_ids), chunk_size)]
-        for tid in job.params["teacher_ids"]
-    ]
-    plan: list[Chunk] = []
-    for round_ in range(max((len(c) for c in per_teacher), default=0)):
-        plan.extend(chunks[round_] for chunks in per_teacher if round_ < len(chunks))
-    return plan
-
-
 def claim_for_start(session: Session, job_id: str) -> m.RationaleJob | None:
     """Lock a queued job so that exactly one starter fans it out; None if it is not queued."""
     job = session.get(m.RationaleJob, job_id, with_for_update=True)
@@ -148,6 +181,8 @@ def cancel_job(session: Session, job_id: str) -> m.RationaleJob | None:
         job.status = CANCELLED
         job.finished_at = datetime.now(UTC)
         _sum_tokens(session, job)
+        # Workers listening stop the job's teacher calls at once (delivered only if this commits).
+        session.execute(select(func.pg_notify(CANCEL_CHANNEL, job_id)))
     return job
 
 
@@ -197,22 +232,11 @@ def fail_item(
     error: str,
     attempts: int,
 ) -> None:
-    """Record an item that gave up for good, counting it once however often it is recorded."""
+    """Record an item that gave up for good, counting it once however often (and however concurrently) it
+    is recorded: the failure's upsert says whether this call inserted it."""
     from distillery.store.rationales import record_failure
 
-    f = m.RationaleFailure
-    known = session.scalar(
-        select(func.count())
-        .select_from(f)
-        .where(
-            f.job_id == job_id,
-            f.teacher_id == teacher_id,
-            f.example_id == example_id,
-            f.sample_index == sample_index,
-        )
-    )
-    record_failure(session, job_id, example_id, teacher_id, sample_index, error, attempts)
-    if not known:
+    if record_failure(session, job_id, example_id, teacher_id, sample_index, error, attempts):
         add_progress(session, job_id, teacher_id, failed=1)
 
 
@@ -248,7 +272,7 @@ def _recount(session: Session, job: m.RationaleJob) -> None:
     )
     for jt in session.scalars(select(m.JobTeacher).where(m.JobTeacher.job_id == job.id)):
         n, p, c = stored.get(jt.teacher_id, (0, 0, 0))
-        jt.done, jt.prompt_tokens, jt.completion_tokens = n, int(p), int(c)
+        jt.done, jt.prompt_tokens, jt.completion_tokens = n, int(p or 0), int(c or 0)
         jt.failed = failed.get(jt.teacher_id, 0)
 
 
@@ -263,15 +287,19 @@ def _sum_tokens(session: Session, job: m.RationaleJob) -> None:
 
 
 def reconcile(session: Session, job_id: str) -> m.RationaleJob | None:
-    """End a running job whose items are all stored or failed; safe to call any number of times."""
-    job = session.get(m.RationaleJob, job_id, with_for_update=True)
+    """End a running job whose items are all stored or failed; safe to call any number of times.
+
+    The job row stays locked until the transaction ends (the worker tops up its chunk window under it).
+    """
+    # Without the item list: reconcile runs after every chunk.
+    job = session.get(m.RationaleJob, job_id, with_for_update=True, options=[defer(m.RationaleJob.params)])
     if job is None or job.status != RUNNING:
         return job
     jt = m.JobTeacher
     settled = session.scalar(
         select(func.coalesce(func.sum(jt.done + jt.failed), 0)).where(jt.job_id == job_id)
     )
-    if settled < job.total:
+    if (settled or 0) < job.total:
         return job
     # The counters say done; confirm from the rows before ending the job.
     _recount(session, job)
@@ -289,7 +317,7 @@ def reconcile(session: Session, job_id: str) -> m.RationaleJob | None:
     return job
 
 
-def recent_failures(session: Session, job_id: str, limit: int = 20) -> tuple[list[tuple], int]:
+def recent_failures(session: Session, job_id: str, limit: int = 20) -> tuple[list[tuple[Any, ...]], int]:
     """([(example external id, teacher name, sample index, error, attempts)], total failures)."""
     f = m.RationaleFailure
     total = session.scalar(select(func.count()).select_from(f).where(f.job_id == job_id)) or 0
@@ -302,37 +330,3 @@ def recent_failures(session: Session, job_id: str, limit: int = 20) -> tuple[lis
         .limit(limit)
     )
     return [tuple(row) for row in session.execute(stmt)], total
-
-
-def list_rationales(
-    session: Session,
-    job_id: str,
-    *,
-    teacher: str | None = None,
-    truncated: bool | None = None,
-    agrees_with_gold: bool | None = None,
-    example_id: str | None = None,
-    after: int | None = None,
-    limit: int = 50,
-) -> tuple[list[tuple[m.Rationale, str, str]], bool]:
-    """A page of (rationale, teacher name, example external id) in id order, and whether more follow."""
-    r = m.Rationale
-    stmt = (
-        select(r, m.Teacher.name, m.Example.external_id)
-        .join(m.Teacher, m.Teacher.id == r.teacher_id)
-        .join(m.Example, m.Example.id == r.example_id)
-        .where(r.job_id == job_id)
-        .order_by(r.id)
-    )
-    if teacher is not None:
-        stmt = stmt.where(m.Teacher.name == teacher)
-    if truncated is not None:
-        stmt = stmt.where(r.truncated.is_(truncated))
-    if agrees_with_gold is not None:
-        stmt = stmt.where(r.agrees_with_gold.is_(agrees_with_gold))
-    if example_id is not None:
-        stmt = stmt.where(m.Example.external_id == example_id)
-    if after is not None:
-        stmt = stmt.where(r.id > after)
-    rows = [tuple(row) for row in session.execute(stmt.limit(limit + 1))]
-    return rows[:limit], len(rows) > limit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -88,7 +89,7 @@ class Teacher(Timestamped, Base):
     api_style: Mapped[str] = mapped_column(String(20), default="chat")  # chat | completion
     prefix: Mapped[str] = mapped_column(String(200))
     template_version: Mapped[str | None] = mapped_column(String(40))
-    params: Mapped[dict] = mapped_column(Json, default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     max_concurrency: Mapped[int] = mapped_column(Integer, default=4)
     timeout_s: Mapped[float] = mapped_column(Float, default=120.0)
 
@@ -101,8 +102,9 @@ class RationaleJob(Timestamped, Base):
     status: Mapped[str] = mapped_column(String(30), default="pending")
     dataset_id: Mapped[int] = mapped_column(ForeignKey("dataset.id"))
     split: Mapped[str] = mapped_column(String(20))
-    params: Mapped[dict] = mapped_column(Json, default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    created_by: Mapped[str | None] = mapped_column(String(32))  # key_id of the API key that made it
     total: Mapped[int] = mapped_column(Integer, default=0)
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -132,18 +134,26 @@ class JobTeacher(Base):
     teacher: Mapped[Teacher] = relationship()
 
 
-class Rationale(Base):
+class JobItem:
+    """The key of one item of a job's work: a sample of one teacher's rationale for one example.
+
+    `sort_order` keeps these columns first in the table, where the migrations put them.
+    """
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, sort_order=-1)
+    job_id: Mapped[str] = mapped_column(ForeignKey("rationale_job.id", ondelete="CASCADE"), sort_order=-1)
+    example_id: Mapped[int] = mapped_column(ForeignKey("example.id", ondelete="CASCADE"), sort_order=-1)
+    teacher_id: Mapped[int] = mapped_column(ForeignKey("teacher.id"), sort_order=-1)
+    sample_index: Mapped[int] = mapped_column(Integer, default=0, sort_order=-1)
+
+
+class Rationale(JobItem, Base):
     __tablename__ = "rationale"
     __table_args__ = (
         UniqueConstraint("job_id", "example_id", "teacher_id", "sample_index"),
         Index("ix_rationale_teacher_example", "teacher_id", "example_id"),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("rationale_job.id", ondelete="CASCADE"))
-    example_id: Mapped[int] = mapped_column(ForeignKey("example.id", ondelete="CASCADE"))
-    teacher_id: Mapped[int] = mapped_column(ForeignKey("teacher.id"))
-    sample_index: Mapped[int] = mapped_column(Integer, default=0)
     text: Mapped[str] = mapped_column(Text)
     finish_reason: Mapped[str | None] = mapped_column(String(30))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -151,23 +161,20 @@ class Rationale(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     template_version: Mapped[str | None] = mapped_column(String(40))
     incontext_ids: Mapped[list[str]] = mapped_column(Json, default=list)
+    # Per shown demonstration: whether it carried a rationale (empty for rows stored before 0002).
+    incontext_rationales: Mapped[list[bool]] = mapped_column(Json, default=list)
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     agrees_with_gold: Mapped[bool | None] = mapped_column(Boolean)
     duplicate: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-class RationaleFailure(Base):
+class RationaleFailure(JobItem, Base):
     """An item that exhausted its retries; kept so a job can end `completed_with_errors`."""
 
     __tablename__ = "rationale_failure"
     __table_args__ = (UniqueConstraint("job_id", "example_id", "teacher_id", "sample_index"),)
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("rationale_job.id", ondelete="CASCADE"))
-    example_id: Mapped[int] = mapped_column(ForeignKey("example.id", ondelete="CASCADE"))
-    teacher_id: Mapped[int] = mapped_column(ForeignKey("teacher.id"))
-    sample_index: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -178,14 +185,15 @@ class TrainingRun(Timestamped, Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     status: Mapped[str] = mapped_column(String(30), default="queued")
-    config: Mapped[dict] = mapped_column(Json, default=dict)
+    config: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
-    loss_curve: Mapped[list[dict]] = mapped_column(Json, default=list)
-    metrics: Mapped[dict] = mapped_column(Json, default=dict)
+    loss_curve: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list)
+    metrics: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     checkpoint_dir: Mapped[str | None] = mapped_column(Text)
     output_dir: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    created_by: Mapped[str | None] = mapped_column(String(32))  # key_id of the API key that made it
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -203,7 +211,7 @@ class Model(Timestamped, Base):
     path: Mapped[str] = mapped_column(Text)
     base_model: Mapped[str | None] = mapped_column(String(200))
     training_run_id: Mapped[str | None] = mapped_column(ForeignKey("training_run.id", ondelete="SET NULL"))
-    metrics: Mapped[dict] = mapped_column(Json, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     stage: Mapped[str] = mapped_column(String(20), default="staging")  # staging | production | archived
     promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -11,23 +11,27 @@ import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Float, TextClause, case, cast, func, select
+from pydantic import BaseModel, Field
+from sqlalchemy import ColumnElement, Float, Select, TextClause, case, cast, func, literal_column, select
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import sqltypes
 
-from distillery.datasets import DatasetError, Problem
+from distillery.datasets import DatasetError, Problem, as_id, json_lines, object_problems
 from distillery.rationales.checks import agrees_with_gold, is_duplicate, is_truncated
 from distillery.records import Example
 from distillery.store import models as m
-from distillery.store.examples import find_dataset, to_record
+from distillery.store.examples import find_dataset, split_query, to_record
 from distillery.teachers.base import TeacherSpec
 
 BATCH = 1000
@@ -41,6 +45,7 @@ COLUMN_DEFAULTS: dict[str, object] = {
     "latency_ms": None,
     "template_version": None,
     "incontext_ids": [],
+    "incontext_rationales": [],
     "truncated": False,
     "agrees_with_gold": None,
     "duplicate": False,
@@ -69,7 +74,7 @@ class ImportSummary:
         return self.lines - self.inserted
 
 
-def _complete(row: dict) -> dict:
+def _complete(row: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(row) - set(REQUIRED_COLUMNS) - set(COLUMN_DEFAULTS)
     if unknown:
         raise ValueError(
@@ -90,7 +95,7 @@ def _unnest_insert() -> TextClause:
     that parsing, not PostgreSQL, capped throughput).
     """
     table = m.Rationale.__table__
-    dialect = postgresql.dialect()
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
     names = [*REQUIRED_COLUMNS, *COLUMN_DEFAULTS]
     arrays, selected = [], []
     for name in names:
@@ -106,7 +111,7 @@ def _unnest_insert() -> TextClause:
             arrays.append(f"CAST(:{name} AS {base}[])")
             selected.append(f"t.{name}")
     return sql_text(
-        f"INSERT INTO {table.name} ({', '.join(names)}) "
+        f"INSERT INTO {m.Rationale.__tablename__} ({', '.join(names)}) "
         f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) AS t({', '.join(names)}) "
         f"ON CONFLICT ({', '.join(CONFLICT_KEY)}) DO NOTHING"
     )
@@ -116,7 +121,7 @@ _INSERT = _unnest_insert()
 
 
 # One Python type per array: the driver refuses lists that mix e.g. int and float.
-def _converter(name: str):
+def _converter(name: str) -> Callable[[Any], Any]:
     column_type = m.Rationale.__table__.c[name].type
     if isinstance(column_type, sqltypes.JSON):
         return lambda v: json.dumps(list(v or []))
@@ -127,7 +132,7 @@ def _converter(name: str):
 _CONVERTERS = {name: _converter(name) for name in (*REQUIRED_COLUMNS, *COLUMN_DEFAULTS)}
 
 
-def upsert_rationales(session: Session, rows: list[dict]) -> int:
+def upsert_rationales(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
     """Insert rows (Rationale column names) in multi-row batches; rows already stored are left as they are.
 
     The unique key (job, example, teacher, sample) makes a re-delivered chunk a no-op. Returns how many
@@ -142,6 +147,19 @@ def upsert_rationales(session: Session, rows: list[dict]) -> int:
     return inserted
 
 
+_INSERT_RETURNING = sql_text(_INSERT.text + " RETURNING " + ", ".join(CONFLICT_KEY))
+
+
+def insert_new_rationales(session: Session, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """`upsert_rationales` that tells which rows were new: their (job, example, teacher, sample) keys."""
+    new: list[tuple[Any, ...]] = []
+    for start in range(0, len(rows), BATCH):
+        batch = [_complete(row) for row in rows[start : start + BATCH]]
+        columns = {name: [convert(row[name]) for row in batch] for name, convert in _CONVERTERS.items()}
+        new.extend(tuple(key) for key in session.execute(_INSERT_RETURNING, columns))
+    return new
+
+
 def record_failure(
     session: Session,
     job_id: str,
@@ -150,8 +168,9 @@ def record_failure(
     sample_index: int,
     error: str,
     attempts: int,
-) -> None:
-    """Remember that an item gave up after `attempts` tries (a later failure of it overwrites this one)."""
+) -> bool:
+    """Remember that an item gave up after `attempts` tries (a later failure of it overwrites this one);
+    whether this call recorded it first (one atomic `INSERT ... ON CONFLICT ... RETURNING`)."""
     stmt = insert(m.RationaleFailure).values(
         job_id=job_id,
         example_id=example_id,
@@ -160,14 +179,56 @@ def record_failure(
         error=error,
         attempts=attempts,
     )
-    stmt = stmt.on_conflict_do_update(
+    upsert = stmt.on_conflict_do_update(
         index_elements=list(CONFLICT_KEY),
         set_={"error": stmt.excluded.error, "attempts": stmt.excluded.attempts},
     )
-    session.execute(stmt)
+    # PostgreSQL: xmax is 0 on a freshly inserted row, the updating transaction's id on an updated one.
+    return bool(session.scalar(upsert.returning(literal_column("xmax = 0"))))
 
 
-def export_lines(session: Session, job_id: str, teacher_names: list[str] | None = None) -> Iterator[dict]:
+class RationaleFilter(BaseModel):
+    """Which of a job's rationales to list: each set field narrows; `after` + `limit` page by id."""
+
+    teacher: str | None = Field(default=None, max_length=100, description="Only this teacher's.")
+    truncated: bool | None = Field(default=None, description="Only truncated (true) or complete ones.")
+    agrees_with_gold: bool | None = Field(default=None, description="Only ones whose answer agrees (or not).")
+    example_id: str | None = Field(default=None, max_length=200, description="Only this example's.")
+    after: int | None = Field(default=None, ge=0, description="`last_id` of the previous page.")
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+def list_rationales(session: Session, job_id: str, query: RationaleFilter) -> tuple[list[Row[Any]], bool]:
+    """A page of the job's rationales in id order, and whether more follow.
+
+    Each row has the Rationale columns, with `teacher` (its name) and `example_id` (the example's
+    external id) in place of the foreign keys.
+    """
+    r = m.Rationale
+    columns = [c for c in r.__table__.c if c.name not in ("teacher_id", "example_id")]
+    stmt = (
+        select(*columns, m.Teacher.name.label("teacher"), m.Example.external_id.label("example_id"))
+        .join(m.Teacher, m.Teacher.id == r.teacher_id)
+        .join(m.Example, m.Example.id == r.example_id)
+        .where(r.job_id == job_id)
+        .order_by(r.id)
+    )
+    conditions = (
+        (m.Teacher.name, query.teacher),
+        (r.truncated, query.truncated),
+        (r.agrees_with_gold, query.agrees_with_gold),
+        (m.Example.external_id, query.example_id),
+    )
+    stmt = stmt.where(*(column == value for column, value in conditions if value is not None))
+    if query.after is not None:
+        stmt = stmt.where(r.id > query.after)
+    rows = list(session.execute(stmt.limit(query.limit + 1)))
+    return rows[: query.limit], len(rows) > query.limit
+
+
+def export_lines(
+    session: Session, job_id: str, teacher_names: list[str] | None = None
+) -> Iterator[dict[str, Any]]:
     """A job's rationales as exchange-format lines, in dataset order, streamed.
 
     Within an example, teachers come in the order of `teacher_names` (else registration order), then
@@ -175,7 +236,7 @@ def export_lines(session: Session, job_id: str, teacher_names: list[str] | None 
     """
     if session.get(m.RationaleJob, job_id) is None:
         raise LookupError(f"no rationale job {job_id!r}")
-    position = m.Teacher.id
+    position: ColumnElement[int] = m.Teacher.id.expression
     if teacher_names:
         job_teachers = set(
             session.scalars(
@@ -213,7 +274,7 @@ def export_lines(session: Session, job_id: str, teacher_names: list[str] | None 
     return _lines(session, stmt)
 
 
-def _lines(session: Session, stmt) -> Iterator[dict]:
+def _lines(session: Session, stmt: Select[str, str, str, bool, bool | None]) -> Iterator[dict[str, Any]]:
     for ex_id, teacher, text, truncated, agrees in session.execute(stmt):
         yield {
             "id": ex_id,
@@ -224,7 +285,7 @@ def _lines(session: Session, stmt) -> Iterator[dict]:
         }
 
 
-def dump_line(line: dict) -> str:
+def dump_line(line: Mapping[str, Any]) -> str:
     """One exchange-format line as written to a file (UTF-8 JSON, field order as in ../shared/rationales)."""
     return json.dumps({k: line.get(k) for k in LINE_FIELDS}, ensure_ascii=False)
 
@@ -232,81 +293,75 @@ def dump_line(line: dict) -> str:
 # --- import -------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
+class _ImportTarget:
+    """What a rationale file is checked against: the split's examples and the teacher renames."""
+
+    dataset: str
+    split: str
+    dataset_id: int
+    examples: dict[str, tuple[int, Example]]  # external id -> (row id, example)
+    teacher_map: dict[str, str]  # name in the file -> name in the database
+
+    def teacher_name(self, source: str) -> str:
+        return self.teacher_map.get(source, source)
+
+
+@dataclass(frozen=True)
 class _Line:
+    """A checked line of a rationale file, its flags taken from the file or computed."""
+
     lineno: int
     example_row: int
-    example: Example
     teacher: str  # name in the database (after teacher_map)
     source_teacher: str  # name in the file
     text: str
-    truncated: bool | None
-    has_truncated: bool
+    truncated: bool
     agrees: bool | None
-    has_agrees: bool
 
 
 def _check_line(
-    obj: object,
-    lineno: int,
-    where: str,
-    examples: dict[str, tuple[int, Example]],
-    teacher_map: dict[str, str],
-    dataset: str,
-    split: str,
+    obj: object, lineno: int, where: str, target: _ImportTarget
 ) -> tuple[_Line | None, list[Problem]]:
-    problems: list[Problem] = []
+    problems = object_problems(obj, ("id", "teacher", "rationale"), where, lineno)
+    if problems or not isinstance(obj, dict):
+        return None, problems
 
     def bad(message: str) -> None:
         problems.append(Problem(where, lineno, message))
 
-    if not isinstance(obj, dict):
-        bad(f"expected a JSON object, got {type(obj).__name__}")
-        return None, problems
-    for key in ("id", "teacher", "rationale"):
-        if key not in obj:
-            bad(f"missing required field '{key}' (required: id, teacher, rationale)")
-    if problems:
-        return None, problems
-    ex_id, teacher, text = obj["id"], obj["teacher"], obj["rationale"]
-    if isinstance(ex_id, int) and not isinstance(ex_id, bool):
-        ex_id = str(ex_id)
+    ex_id, teacher, text = as_id(obj["id"]), obj["teacher"], obj["rationale"]
     if not isinstance(ex_id, str) or not ex_id:
         bad("field 'id' must be a non-empty string")
-    elif ex_id not in examples:
-        bad(f"unknown id {ex_id!r} (not an example of dataset '{dataset}', split '{split}')")
+    elif ex_id not in target.examples:
+        bad(f"unknown id {ex_id!r} (not an example of dataset '{target.dataset}', split '{target.split}')")
     if not isinstance(teacher, str) or not teacher.strip():
         bad("field 'teacher' must be a non-empty string")
-    else:
-        mapped = teacher_map.get(teacher, teacher)
-        if not _valid_name(mapped):
-            bad(
-                f"teacher name {mapped!r} is not accepted (letters, digits, '.', '_', '-'; at most 100; "
-                "rename it with a teacher map)"
-            )
+    elif not _valid_name(target.teacher_name(teacher)):
+        bad(
+            f"teacher name {target.teacher_name(teacher)!r} is not accepted (letters, digits, '.', '_', '-'; "
+            "at most 100; rename it with a teacher map)"
+        )
     if not isinstance(text, str):
         bad("field 'rationale' must be a string")
     for flag in ("truncated", "agrees_with_gold"):
         if flag in obj and obj[flag] is not None and not isinstance(obj[flag], bool):
             bad(f"field '{flag}' must be true, false or null, got {obj[flag]!r}")
-    if problems:
+    if problems or not isinstance(ex_id, str):
         return None, problems
-    row_id, example = examples[ex_id]
-    return (
-        _Line(
-            lineno=lineno,
-            example_row=row_id,
-            example=example,
-            teacher=teacher_map.get(teacher, teacher),
-            source_teacher=teacher,
-            text=text,
-            truncated=obj.get("truncated"),
-            has_truncated=obj.get("truncated") is not None,
-            agrees=obj.get("agrees_with_gold"),
-            has_agrees="agrees_with_gold" in obj,
-        ),
-        [],
+    row_id, example = target.examples[ex_id]
+    truncated = obj.get("truncated")
+    line = _Line(
+        lineno=lineno,
+        example_row=row_id,
+        teacher=target.teacher_name(teacher),
+        source_teacher=teacher,
+        text=text,
+        truncated=is_truncated(text) if truncated is None else truncated,
+        # An explicit null is kept: the file says agreement is unknown.
+        agrees=obj["agrees_with_gold"] if "agrees_with_gold" in obj else agrees_with_gold(text, example),
     )
+    return line, []
 
 
 def _valid_name(name: str) -> bool:
@@ -317,14 +372,7 @@ def _valid_name(name: str) -> bool:
     return True
 
 
-def parse_rationale_file(
-    content: bytes,
-    where: str,
-    examples: dict[str, tuple[int, Example]],
-    teacher_map: dict[str, str],
-    dataset: str,
-    split: str,
-) -> list[_Line]:
+def parse_rationale_file(content: bytes, where: str, target: _ImportTarget) -> list[_Line]:
     """Every line checked; RationaleFileError listing each problem as `file:line: message`."""
     try:
         text = content.decode("utf-8")
@@ -335,15 +383,8 @@ def parse_rationale_file(
     lines: list[_Line] = []
     problems: list[Problem] = []
     # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends, which splitlines breaks on.
-    for lineno, raw in enumerate(text.split("\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(where, lineno, f"invalid JSON: {exc.msg} (column {exc.colno})"))
-            continue
-        line, found = _check_line(obj, lineno, where, examples, teacher_map, dataset, split)
+    for lineno, obj in json_lines(text.split("\n"), where, problems):
+        line, found = _check_line(obj, lineno, where, target)
         problems.extend(found)
         if line is not None:
             lines.append(line)
@@ -354,32 +395,62 @@ def parse_rationale_file(
     return lines
 
 
-def _split_examples(session: Session, dataset: str, split: str) -> dict[str, tuple[int, Example]]:
+def _import_target(
+    session: Session, dataset: str, split: str, teacher_map: dict[str, str], where: str
+) -> _ImportTarget:
+    """The split the file's ids must belong to; RationaleFileError if it holds no examples."""
     ds = find_dataset(session, dataset)
-    if ds is None:
-        return {}
-    rows = session.scalars(
-        select(m.Example)
-        .where(m.Example.dataset_id == ds.id, m.Example.split == split)
-        .order_by(m.Example.id)
-    )
-    return {row.external_id: (row.id, to_record(row)) for row in rows}
+    rows = [] if ds is None else session.scalars(split_query(ds.id, split)).all()
+    if ds is None or not rows:
+        hint = f"import them first (distillery data import-shared {dataset} --splits {split})"
+        raise RationaleFileError(
+            [Problem(where, 0, f"dataset '{dataset}' has no examples in split '{split}'; {hint}")]
+        )
+    examples = {row.external_id: (row.id, to_record(row)) for row in rows}
+    return _ImportTarget(dataset, split, ds.id, examples, teacher_map)
 
 
-def _import_key(dataset: str, split: str, digest: str, teacher_map: dict[str, str]) -> str:
-    material = json.dumps([dataset, split, digest, sorted(teacher_map.items())])
+def _first_lines(lines: Sequence[_Line]) -> dict[str, _Line]:
+    """Each teacher's first line, teachers in order of appearance."""
+    first: dict[str, _Line] = {}
+    for line in lines:
+        first.setdefault(line.teacher, line)
+    return first
+
+
+def _check_teachers(session: Session, first_lines: dict[str, _Line], where: str) -> None:
+    """RationaleFileError if a name the file's teachers would take belongs to a non-precomputed teacher."""
+    problems = []
+    for name, line in first_lines.items():
+        existing = session.scalars(select(m.Teacher).where(m.Teacher.name == name)).one_or_none()
+        if existing is not None and existing.backend != "precomputed":
+            problems.append(
+                Problem(
+                    where,
+                    line.lineno,
+                    f"teacher '{name}' is registered with backend '{existing.backend}'; map the file's "
+                    f"'{line.source_teacher}' to another name (teacher map)",
+                )
+            )
+    if problems:
+        raise RationaleFileError(problems)
+
+
+def _import_key(target: _ImportTarget, digest: str) -> str:
+    material = json.dumps([target.dataset, target.split, digest, sorted(target.teacher_map.items())])
     return "import:" + hashlib.sha256(material.encode()).hexdigest()
 
 
 def _import_job(
-    session: Session, job_id: str | None, key: str, dataset_id: int, split: str, params: dict
+    session: Session, job_id: str | None, key: str, target: _ImportTarget, params: Mapping[str, object]
 ) -> tuple[m.RationaleJob, bool]:
+    """The job the file's lines belong to (created if new) and whether it was created now."""
     now = datetime.now(UTC)
     values = {
         "kind": "import",
         "status": "completed",
-        "dataset_id": dataset_id,
-        "split": split,
+        "dataset_id": target.dataset_id,
+        "split": target.split,
         "params": params,
         "started_at": now,
         "finished_at": now,
@@ -387,20 +458,21 @@ def _import_job(
     if job_id is not None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", job_id):
             raise ValueError(f"job id {job_id!r} is not accepted (1-32 letters, digits, '_' or '-')")
-        stmt = insert(m.RationaleJob).values(id=job_id, **values)
-        stmt = stmt.on_conflict_do_nothing(index_elements=["id"]).returning(m.RationaleJob.id)
-        created = session.execute(stmt).scalar_one_or_none() is not None
+        by_id = (
+            insert(m.RationaleJob).values(id=job_id, **values).on_conflict_do_nothing(index_elements=["id"])
+        )
+        created = session.execute(by_id.returning(m.RationaleJob.id)).scalar_one_or_none() is not None
         job = session.get(m.RationaleJob, job_id, populate_existing=True)
     else:
-        stmt = insert(m.RationaleJob).values(id=m.new_id(), idempotency_key=key, **values)
-        stmt = stmt.on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(m.RationaleJob.id)
-        created = session.execute(stmt).scalar_one_or_none() is not None
+        by_key = insert(m.RationaleJob).values(id=m.new_id(), idempotency_key=key, **values)
+        by_key = by_key.on_conflict_do_nothing(index_elements=["idempotency_key"])
+        created = session.execute(by_key.returning(m.RationaleJob.id)).scalar_one_or_none() is not None
         job = session.scalars(select(m.RationaleJob).where(m.RationaleJob.idempotency_key == key)).one()
     assert job is not None
     if job.kind != "import":
         # A generation job's progress counts what its teachers still owe; an import would overwrite them.
         raise ValueError(f"job {job.id!r} is a {job.kind} job; rationale files are imported into import jobs")
-    if job.dataset_id != dataset_id or job.split != split:
+    if job.dataset_id != target.dataset_id or job.split != target.split:
         raise ValueError(f"job {job.id!r} belongs to another dataset/split; import into a new job instead")
     return job, created
 
@@ -413,6 +485,28 @@ def _precomputed_teacher(session: Session, name: str, source_name: str, path: Pa
     stmt = insert(m.Teacher).values(**row_values(spec)).on_conflict_do_nothing(index_elements=["name"])
     session.execute(stmt)
     return session.scalars(select(m.Teacher).where(m.Teacher.name == name)).one()
+
+
+def _rationale_rows(job_id: str, lines: Sequence[_Line], teacher_ids: dict[str, int]) -> list[dict[str, Any]]:
+    """The lines as rationale rows: samples numbered per (example, teacher) in file order."""
+    rows: list[dict[str, Any]] = []
+    samples: dict[tuple[int, str], list[str]] = {}
+    for line in lines:
+        earlier = samples.setdefault((line.example_row, line.teacher), [])
+        rows.append(
+            {
+                "job_id": job_id,
+                "example_id": line.example_row,
+                "teacher_id": teacher_ids[line.teacher],
+                "sample_index": len(earlier),
+                "text": line.text,
+                "truncated": line.truncated,
+                "agrees_with_gold": line.agrees,
+                "duplicate": is_duplicate(line.text, earlier),
+            }
+        )
+        earlier.append(line.text)
+    return rows
 
 
 def import_rationale_file(
@@ -432,72 +526,26 @@ def import_rationale_file(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"rationale file not found: {path}")
-    teacher_map = dict(teacher_map or {})
     content = path.read_bytes()
-    examples = _split_examples(session, dataset, split)
-    if not examples:
-        raise RationaleFileError(
-            [
-                Problem(
-                    str(path),
-                    0,
-                    f"dataset '{dataset}' has no examples in split '{split}'; import them first "
-                    f"(distillery data import-shared {dataset} --splits {split})",
-                )
-            ]
-        )
-    lines = parse_rationale_file(content, str(path), examples, teacher_map, dataset, split)
-
-    first_line: dict[str, _Line] = {}
-    for line in lines:
-        first_line.setdefault(line.teacher, line)
-    problems = []
-    for name, line in first_line.items():
-        existing = session.scalars(select(m.Teacher).where(m.Teacher.name == name)).one_or_none()
-        if existing is not None and existing.backend != "precomputed":
-            problems.append(
-                Problem(
-                    str(path),
-                    line.lineno,
-                    f"teacher '{name}' is registered with backend '{existing.backend}'; map the file's "
-                    f"'{line.source_teacher}' to another name (teacher map)",
-                )
-            )
-    if problems:
-        raise RationaleFileError(problems)
+    target = _import_target(session, dataset, split, dict(teacher_map or {}), str(path))
+    lines = parse_rationale_file(content, str(path), target)
+    first_lines = _first_lines(lines)
+    _check_teachers(session, first_lines, str(path))
 
     digest = hashlib.sha256(content).hexdigest()
-    dataset_id = find_dataset(session, dataset).id  # type: ignore[union-attr]
-    params = {"source": str(path), "sha256": digest, "teacher_map": teacher_map, "teachers": list(first_line)}
-    job, created = _import_job(
-        session, job_id, _import_key(dataset, split, digest, teacher_map), dataset_id, split, params
-    )
-    teachers = {
-        name: _precomputed_teacher(session, name, line.source_teacher, path)
-        for name, line in first_line.items()
+    params = {
+        "source": str(path),
+        "sha256": digest,
+        "teacher_map": target.teacher_map,
+        "teachers": list(first_lines),
     }
-
-    rows: list[dict] = []
-    samples: dict[tuple[int, str], list[str]] = {}
-    for line in lines:
-        earlier = samples.setdefault((line.example_row, line.teacher), [])
-        rows.append(
-            {
-                "job_id": job.id,
-                "example_id": line.example_row,
-                "teacher_id": teachers[line.teacher].id,
-                "sample_index": len(earlier),
-                "text": line.text,
-                "truncated": line.truncated if line.has_truncated else is_truncated(line.text),
-                "agrees_with_gold": line.agrees
-                if line.has_agrees
-                else agrees_with_gold(line.text, line.example),
-                "duplicate": is_duplicate(line.text, earlier),
-            }
-        )
-        earlier.append(line.text)
-    inserted = upsert_rationales(session, rows)
-    _refresh_counts(session, job, [t.id for t in teachers.values()])
+    job, created = _import_job(session, job_id, _import_key(target, digest), target, params)
+    teacher_ids = {
+        name: _precomputed_teacher(session, name, line.source_teacher, path).id
+        for name, line in first_lines.items()
+    }
+    inserted = upsert_rationales(session, _rationale_rows(job.id, lines, teacher_ids))
+    _refresh_counts(session, job, list(teacher_ids.values()))
     return ImportSummary(
         job_id=job.id,
         dataset=dataset,
@@ -532,19 +580,26 @@ def _refresh_counts(session: Session, job: m.RationaleJob, teacher_ids: Sequence
                 set_={"total": stmt.excluded.total, "done": stmt.excluded.done},
             )
         )
-    job.total = session.scalar(
-        select(func.coalesce(func.sum(m.JobTeacher.total), 0)).where(m.JobTeacher.job_id == job.id)
+    job.total = (
+        session.scalar(
+            select(func.coalesce(func.sum(m.JobTeacher.total), 0)).where(m.JobTeacher.job_id == job.id)
+        )
+        or 0
     )
 
 
 # --- stats --------------------------------------------------------------------------------------------
 
 
-def _pct(part, whole) -> float | None:
-    return None if not whole else round(100.0 * float(part) / float(whole), 2)
+def _pct(part: int, whole: int) -> float | None:
+    return None if not whole else round(100.0 * part / whole, 2)
 
 
-def teacher_stats(session: Session, teacher_name: str | None = None) -> list[dict]:
+def _rounded(value: Decimal | float | None, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def teacher_stats(session: Session, teacher_name: str | None = None) -> list[dict[str, Any]]:
     """Per teacher over all its rationales: count, truncation/agreement/disagreement %, lengths, speed.
 
     `tokens_per_s` is completion tokens over request latency (what one request sees, not server throughput).
@@ -555,15 +610,15 @@ def teacher_stats(session: Session, teacher_name: str | None = None) -> list[dic
         select(
             m.Teacher.name,
             m.Teacher.backend,
-            func.count(r.id),
-            func.count(r.id).filter(r.truncated.is_(True)),
-            func.count(r.id).filter(r.agrees_with_gold.is_(True)),
-            func.count(r.id).filter(r.agrees_with_gold.is_(False)),
-            func.count(r.id).filter(r.duplicate.is_(True)),
-            func.avg(func.length(r.text)),
-            func.avg(r.completion_tokens),
-            func.sum(r.completion_tokens).filter(timed),
-            func.sum(cast(r.latency_ms, Float)).filter(timed),
+            func.count(r.id).label("n"),
+            func.count(r.id).filter(r.truncated.is_(True)).label("truncated"),
+            func.count(r.id).filter(r.agrees_with_gold.is_(True)).label("agree"),
+            func.count(r.id).filter(r.agrees_with_gold.is_(False)).label("disagree"),
+            func.count(r.id).filter(r.duplicate.is_(True)).label("duplicate"),
+            func.avg(func.length(r.text)).label("chars"),
+            func.avg(r.completion_tokens).label("tokens"),
+            func.sum(r.completion_tokens).filter(timed).label("timed_tokens"),
+            func.sum(cast(r.latency_ms, Float)).filter(timed).label("timed_ms"),
         )
         .select_from(m.Teacher)
         .outerjoin(r, r.teacher_id == m.Teacher.id)
@@ -572,36 +627,22 @@ def teacher_stats(session: Session, teacher_name: str | None = None) -> list[dic
     )
     if teacher_name is not None:
         stmt = stmt.where(m.Teacher.name == teacher_name)
-    stats = []
-    for (
-        name,
-        backend,
-        n,
-        trunc,
-        agree,
-        disagree,
-        dup,
-        chars,
-        tokens,
-        timed_tokens,
-        timed_ms,
-    ) in session.execute(stmt):
-        stats.append(
-            {
-                "teacher": name,
-                "backend": backend,
-                "count": n,
-                "truncated_pct": _pct(trunc, n),
-                "agrees_pct": _pct(agree, n),
-                "disagrees_pct": _pct(disagree, n),
-                "duplicate_pct": _pct(dup, n),
-                "mean_chars": None if chars is None else round(float(chars), 1),
-                "mean_completion_tokens": None if tokens is None else round(float(tokens), 1),
-                "tokens_per_s": (
-                    round(float(timed_tokens) / (float(timed_ms) / 1000.0), 2)
-                    if timed_tokens and timed_ms
-                    else None
-                ),
-            }
-        )
-    return stats
+    return [
+        {
+            "teacher": row.name,
+            "backend": row.backend,
+            "count": row.n,
+            "truncated_pct": _pct(row.truncated, row.n),
+            "agrees_pct": _pct(row.agree, row.n),
+            "disagrees_pct": _pct(row.disagree, row.n),
+            "duplicate_pct": _pct(row.duplicate, row.n),
+            "mean_chars": _rounded(row.chars, 1),
+            "mean_completion_tokens": _rounded(row.tokens, 1),
+            "tokens_per_s": (
+                round(float(row.timed_tokens) / (float(row.timed_ms) / 1000.0), 2)
+                if row.timed_tokens and row.timed_ms
+                else None
+            ),
+        }
+        for row in session.execute(stmt)
+    ]

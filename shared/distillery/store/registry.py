@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -16,9 +17,10 @@ def register_model(
     session: Session,
     name: str,
     path: str,
+    *,
     base_model: str | None = None,
     training_run_id: str | None = None,
-    metrics: dict | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> m.Model:
     """Add the next version of `name` in stage `staging`."""
     # Serialise version numbering per name across concurrent registrations.

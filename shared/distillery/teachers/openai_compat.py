@@ -3,6 +3,7 @@
 `api_style` picks the endpoint: `chat` sends the few-shot chat rendering to /v1/chat/completions (the
 server applies the model's chat template); `completion` sends the plain prompt to /v1/completions, for
 base models without a chat template. No retries here: the caller (a Celery task) owns retry policy.
+The requests are plain JSON over one pooled aiohttp session (openai_http.py), not the `openai` SDK.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import re
 import time
 from typing import Any
 
-import httpx
-import openai
-from openai import AsyncOpenAI
+import aiohttp
 
 from distillery.rationales.prompts import TEMPLATE_VERSION, get_template, teacher_messages, teacher_prompt
 from distillery.records import Demonstration, Example
 from distillery.teachers.base import Generation, GenerationParams, TeacherError, TeacherSpec
+from distillery.teachers.openai_http import JsonClient, MalformedResponse, StatusError
 
 # Statuses worth another try later: timeouts, lock contention, rate limits (5xx are handled apart).
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
@@ -43,22 +43,22 @@ def completion_stops(params: GenerationParams, version: str) -> list[str]:
 
 
 def map_error(exc: Exception, teacher: str) -> TeacherError:
-    """OpenAI SDK/transport error -> TeacherError; transport, timeouts, 429 and 5xx are retryable."""
-    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | asyncio.TimeoutError):
+    """HTTP/transport error -> TeacherError; transport, timeouts, 429 and 5xx are retryable."""
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return TeacherError(f"teacher {teacher!r}: request timed out", retryable=True)
-    if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | ConnectionError):
         return TeacherError(f"teacher {teacher!r}: cannot reach server ({exc})", retryable=True)
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
+    if isinstance(exc, StatusError):
+        status = exc.status
         retryable = status >= 500 or status in RETRYABLE_STATUS
         return TeacherError(f"teacher {teacher!r}: HTTP {status}: {exc.message}", retryable=retryable)
     return TeacherError(f"teacher {teacher!r}: {type(exc).__name__}: {exc}", retryable=False)
 
 
 class OpenAICompatTeacher:
-    """A TeacherClient over the `openai` SDK; at most `spec.max_concurrency` requests in flight."""
+    """A TeacherClient over an OpenAI-compatible HTTP API; `spec.max_concurrency` calls in flight at most."""
 
-    def __init__(self, spec: TeacherSpec, client: AsyncOpenAI | None = None):
+    def __init__(self, spec: TeacherSpec, client: JsonClient | None = None):
         if not spec.base_url:
             raise ValueError(
                 f"teacher {spec.name!r}: backend 'openai' needs a base_url (e.g. http://host:8000/v1)"
@@ -67,66 +67,73 @@ class OpenAICompatTeacher:
             raise ValueError(f"teacher {spec.name!r}: backend 'openai' needs the served model name (model)")
         self.spec = spec
         self.template_version = spec.template_version or TEMPLATE_VERSION
-        self._client = client or AsyncOpenAI(
-            base_url=spec.base_url,
-            api_key=api_key_for(spec),
-            timeout=spec.timeout_s,
-            max_retries=0,
-            http_client=httpx.AsyncClient(
-                timeout=spec.timeout_s,
-                limits=httpx.Limits(
-                    max_connections=spec.max_concurrency, max_keepalive_connections=spec.max_concurrency
-                ),
-            ),
+        self._client = client or JsonClient(
+            spec.base_url, api_key_for(spec), spec.timeout_s, max_connections=spec.max_concurrency
         )
         self._slots = asyncio.Semaphore(spec.max_concurrency)
 
-    def _common(self, params: GenerationParams) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
+    def _request(
+        self, example: Example, demonstrations: list[Demonstration], params: GenerationParams
+    ) -> tuple[str, dict[str, Any]]:
+        """The endpoint and the JSON body of the call."""
+        body: dict[str, Any] = {
             "model": self.spec.model,
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
         }
         if params.seed is not None:
-            kwargs["seed"] = params.seed
-        return kwargs
+            body["seed"] = params.seed
+        if self.spec.api_style == "chat":
+            if params.stop is not None:
+                body["stop"] = params.stop
+            body["messages"] = teacher_messages(example, demonstrations, self.template_version)
+            return "/chat/completions", body
+        body["prompt"] = teacher_prompt(example, demonstrations, self.template_version)
+        body["stop"] = completion_stops(params, self.template_version)
+        return "/completions", body
+
+    def _parse(self, data: dict[str, Any], latency_ms: float) -> Generation:
+        """The Generation in a (chat) completion response."""
+        choices = data.get("choices")
+        if not choices:
+            raise TeacherError(f"teacher {self.spec.name!r}: response holds no choices", retryable=True)
+        choice = choices[0]
+        if self.spec.api_style == "chat":
+            text = (choice.get("message") or {}).get("content") or ""
+        else:
+            text = choice.get("text")
+        if not isinstance(text, str):
+            raise TeacherError(f"teacher {self.spec.name!r}: response choice holds no text", retryable=True)
+        usage = data.get("usage") or {}
+        return Generation(
+            text=text.strip(),
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            latency_ms=latency_ms,
+            extra={"model": data.get("model"), "template_version": self.template_version},
+        )
 
     async def generate(
         self, example: Example, demonstrations: list[Demonstration], params: GenerationParams
     ) -> Generation:
         """One rationale for `example`, prompted with its gold answer and the demonstrations."""
-        kwargs = self._common(params)
+        path, body = self._request(example, demonstrations, params)
         async with self._slots:
             started = time.perf_counter()
             try:
-                if self.spec.api_style == "chat":
-                    if params.stop is not None:
-                        kwargs["stop"] = params.stop
-                    messages = teacher_messages(example, demonstrations, self.template_version)
-                    response = await self._client.chat.completions.create(messages=messages, **kwargs)
-                    choice = response.choices[0] if response.choices else None
-                    text = (choice.message.content or "") if choice else None
-                else:
-                    prompt = teacher_prompt(example, demonstrations, self.template_version)
-                    kwargs["stop"] = completion_stops(params, self.template_version)
-                    response = await self._client.completions.create(prompt=prompt, **kwargs)
-                    choice = response.choices[0] if response.choices else None
-                    text = choice.text if choice else None
+                # One deadline for the whole call: httpx's timeouts are per phase (connect, each read),
+                # so a server that drips a byte at a time would otherwise hold the call forever.
+                async with asyncio.timeout(self.spec.timeout_s):
+                    data = await self._client.post(path, body)
             except Exception as exc:  # every failure leaves as a TeacherError the caller can classify
                 raise map_error(exc, self.spec.name) from exc
             latency_ms = (time.perf_counter() - started) * 1000.0
-        if choice is None or text is None:
-            raise TeacherError(f"teacher {self.spec.name!r}: response holds no choices", retryable=True)
-        usage = response.usage
-        return Generation(
-            text=text.strip(),
-            finish_reason=choice.finish_reason,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            latency_ms=latency_ms,
-            extra={"model": response.model, "template_version": self.template_version},
-        )
+        try:
+            return self._parse(data, latency_ms)
+        except (AttributeError, TypeError) as exc:  # a choice or usage that is not an object
+            raise map_error(MalformedResponse(f"unexpected response shape ({exc})"), self.spec.name) from exc
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._client.aclose()

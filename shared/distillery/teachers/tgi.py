@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ from distillery.records import Demonstration, Example
 from distillery.teachers.base import Generation, GenerationParams, TeacherError, TeacherSpec
 from distillery.teachers.openai_compat import RETRYABLE_STATUS, api_key_for, completion_stops
 
+hub_httpx: ModuleType
 try:  # the HTTP library huggingface_hub 2.x is built on; 1.x used httpx itself
     import httpx2 as hub_httpx
 except ImportError:  # pragma: no cover
@@ -68,7 +70,8 @@ def map_error(exc: Exception, teacher: str) -> TeacherError:
     return TeacherError(f"teacher {teacher!r}: {type(exc).__name__}: {exc}", retryable=False)
 
 
-class EndpointInferenceClient(AsyncInferenceClient):
+# huggingface_hub is not followed by mypy (pyproject.toml), so its client class is Any to it.
+class EndpointInferenceClient(AsyncInferenceClient):  # type: ignore[misc]
     """AsyncInferenceClient for a self-hosted endpoint.
 
     huggingface_hub's default session refuses every request while HF_HUB_OFFLINE=1, which distillery
@@ -76,7 +79,9 @@ class EndpointInferenceClient(AsyncInferenceClient):
     own must stay reachable, so this client's session has no offline hook (it keeps the error hook).
     """
 
-    async def _get_async_client(self):  # type: ignore[override]
+    _async_client: Any  # the base class sets it to None; the session once a request made it
+
+    async def _get_async_client(self) -> Any:  # the hub's session type: httpx2 (2.x) or httpx (1.x)
         if self._async_client is None:
             hooks = {"response": [read_error_body]} if read_error_body else {}
             session = hub_httpx.AsyncClient(event_hooks=hooks, follow_redirects=True, timeout=None)
@@ -121,7 +126,8 @@ class TGITeacher:
         async with self._slots:
             started = time.perf_counter()
             try:
-                output = await self._client.text_generation(prompt, **kwargs)
+                async with asyncio.timeout(self.spec.timeout_s):  # the whole call, not each read
+                    output = await self._client.text_generation(prompt, **kwargs)
             except Exception as exc:  # every failure leaves as a TeacherError the caller can classify
                 raise map_error(exc, self.spec.name) from exc
             latency_ms = (time.perf_counter() - started) * 1000.0

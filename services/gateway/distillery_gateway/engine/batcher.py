@@ -169,7 +169,7 @@ class MicroBatcher:
         if not self._pending:
             return []
         first = self._pending.popleft()
-        batch, rows, keep = [first], first.rows, deque()
+        batch, rows, keep = [first], first.rows, deque[Job]()
         while self._pending:
             job = self._pending.popleft()
             if job.cancelled:

@@ -1,4 +1,4 @@
-"""Builds the configured backend (transformers or vLLM) for a model the manager wants to serve."""
+"""Builds the configured backend (transformers, vLLM or llama.cpp) for a model the manager wants to serve."""
 
 from __future__ import annotations
 
@@ -29,6 +29,18 @@ def backend_factory(settings: Settings, metrics: GatewayMetrics | None = None) -
             )
             backend.connect()
             return backend
+        if settings.student_backend == "llamacpp":
+            from distillery_gateway.engine.llamacpp_backend import LlamaCppBackend
+
+            return LlamaCppBackend(
+                model.path,
+                gguf_dir=settings.gguf_exports,
+                outtype=settings.llamacpp_outtype,
+                slots=settings.llamacpp_slots,
+                ctx_per_slot=settings.llamacpp_ctx,
+                threads=settings.student_threads,
+                queue_size=settings.batch_queue_size,
+            )
         from distillery_gateway.engine.transformers_backend import TransformersBackend
 
         return TransformersBackend(

@@ -31,6 +31,7 @@ from transformers.utils import logging as hf_logging
 from distillery_gateway.engine.backend import Backend
 from distillery_gateway.engine.batcher import Job, MicroBatcher
 from distillery_gateway.engine.codec import Codec
+from distillery_gateway.engine.streams import END, QueuedStream
 from distillery_gateway.engine.text import IncrementalText, cut_at_stop
 from distillery_gateway.engine.types import Choice, Delta, Generation, SamplingParams, TokenLogprob
 
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()
 
 Sink = Callable[[Delta], None]
-_END = object()
 # from_pretrained is not thread-safe (it builds on a process-wide meta-device context): one at a time.
 _LOAD_LOCK = threading.Lock()
 
@@ -76,7 +76,7 @@ class _RowStopper(StoppingCriteria):
     def __init__(self, rows: list[_Row], prefix: int, decode: Callable[[list[int]], str]):
         self.rows, self.prefix, self.decode = rows, prefix, decode
 
-    def __call__(self, input_ids: torch.LongTensor, scores: object, **kwargs: object) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: object, **kwargs: object) -> torch.Tensor:
         generated = input_ids.shape[1] - self.prefix
         flags = []
         for i, row in enumerate(self.rows):
@@ -115,30 +115,6 @@ class _RowStreamer(BaseStreamer):
 
     def end(self) -> None:
         pass
-
-
-class _JobStream:
-    """The deltas of one queued job, then its Generation; closing it early cancels the job."""
-
-    def __init__(self, batcher: MicroBatcher, job: Job, future: asyncio.Future, queue: asyncio.Queue):
-        self.batcher, self.job, self.future, self.queue = batcher, job, future, queue
-        self.finished = False
-
-    def __aiter__(self) -> _JobStream:
-        return self
-
-    async def __anext__(self) -> Delta | Generation:
-        if self.finished:
-            raise StopAsyncIteration
-        item = await self.queue.get()
-        if item is _END:
-            self.finished = True
-            return self.future.result()
-        return item
-
-    async def aclose(self) -> None:
-        if not self.future.done():
-            self.batcher.cancel(self.job)
 
 
 def _device() -> torch.device:
@@ -210,8 +186,8 @@ class TransformersBackend(Backend):
 
         job = Job(self._key(params), params.n, _Generate(list(prompt_ids), params, sink))
         future = self.batcher.enqueue(job)  # QueueFull here, before any response is started
-        future.add_done_callback(lambda _: queue.put_nowait(_END))
-        return _JobStream(self.batcher, job, future, queue)
+        future.add_done_callback(lambda _: queue.put_nowait(END))
+        return QueuedStream(queue, future, lambda: self.batcher.cancel(job))
 
     async def score(
         self, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]]

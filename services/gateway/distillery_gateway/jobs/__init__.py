@@ -1,1 +1,1 @@
-"""Rationale jobs: protocol (the contract) and serving (the logic); routes/jobs.py is the thin layer."""
+"""Rationale jobs: protocol (the contract), serving (the logic), api_router (the thin HTTP layer)."""

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from distillery.datasets import SPLITS
 from distillery.rationales.incontext import STRATEGIES
+from distillery.store.rationales import RationaleFilter
+from distillery_gateway.pagination import CursorPage, ListQuery
 
 MAX_IDS = 100_000
-STATUSES = ("queued", "running", "completed", "completed_with_errors", "cancelled", "failed")
+JobStatus = Literal["queued", "running", "completed", "completed_with_errors", "cancelled", "failed"]
+STATUSES = get_args(JobStatus)
+JobKind = Literal["generate", "import"]
+# The query of GET /v1/rationale-jobs/{job_id}/rationales: filters, `after` + `limit`.
+RationaleQuery = RationaleFilter
 
 
 class _Strict(BaseModel):
@@ -23,10 +29,10 @@ class InContext(_Strict):
     """How demonstrations are chosen: `k` examples of the same split, never the target itself."""
 
     strategy: Literal["random", "knn", "none"] = Field(
-        "random", description=f"One of {', '.join(STRATEGIES)}."
+        default="random", description=f"One of {', '.join(STRATEGIES)}."
     )
-    k: int = Field(2, ge=0, le=16, description="Demonstrations per prompt (0 with strategy 'none').")
-    seed: int = Field(0, ge=0, description="Seed of the random draw.")
+    k: int = Field(default=2, ge=0, le=16, description="Demonstrations per prompt (0 with strategy 'none').")
+    seed: int = Field(default=0, ge=0, description="Seed of the random draw.")
 
     @field_validator("k")
     @classmethod
@@ -39,11 +45,11 @@ class InContext(_Strict):
 class GenerationOverrides(_Strict):
     """Sampling parameters for this job; unset fields keep the teacher's own."""
 
-    max_tokens: int | None = Field(None, ge=1, le=8192)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: list[str] | None = Field(None, max_length=8)
-    seed: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1, le=8192)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: list[str] | None = Field(default=None, max_length=8)
+    seed: int | None = Field(default=None, ge=0)
 
     @field_validator("stop")
     @classmethod
@@ -58,12 +64,14 @@ class CreateRationaleJob(_Strict):
     the whole split."""
 
     dataset: str = Field(..., min_length=1, max_length=100, description="A stored dataset's name.")
-    split: Literal["train", "dev", "test"] = Field("train", description=f"One of {', '.join(SPLITS)}.")
-    limit: int | None = Field(None, ge=1, le=10_000_000)
-    ids: list[str] | None = Field(None, min_length=1, max_length=MAX_IDS, description="Example ids.")
+    split: Literal["train", "dev", "test"] = Field(
+        default="train", description=f"One of {', '.join(SPLITS)}."
+    )
+    limit: int | None = Field(default=None, ge=1, le=10_000_000)
+    ids: list[str] | None = Field(default=None, min_length=1, max_length=MAX_IDS, description="Example ids.")
     teachers: list[str] = Field(..., min_length=1, max_length=32, description="Registered teacher names.")
     in_context: InContext = Field(default_factory=InContext)
-    samples_per_example: int = Field(1, ge=1, le=16)
+    samples_per_example: int = Field(default=1, ge=1, le=16)
     generation: GenerationOverrides = Field(default_factory=GenerationOverrides)
 
     @field_validator("ids")
@@ -113,9 +121,7 @@ class JobError(BaseModel):
 class RationaleJob(BaseModel):
     id: str
     object: Literal["rationale_job"] = "rationale_job"
-    kind: Literal["generate", "import"] = Field(
-        "generate", description="import: a precomputed rationale file."
-    )
+    kind: JobKind = Field(default="generate", description="import: a precomputed rationale file.")
     status: str = Field(..., description=f"One of {', '.join(STATUSES)}.")
     dataset: str
     split: str
@@ -136,15 +142,23 @@ class RationaleJob(BaseModel):
     finished_at: datetime | None = None
 
 
-class RationaleJobList(BaseModel):
-    object: Literal["list"] = "list"
+class JobQuery(ListQuery):
+    """GET /v1/rationale-jobs: newest first, `after` + `limit`, optionally one status and kind."""
+
+    status: JobStatus | None = None
+    kind: JobKind = Field(default="generate", description="import: jobs that stored a rationale file.")
+
+
+class RationaleJobList(CursorPage):
     data: list[RationaleJob]
-    has_more: bool
     first_id: str | None = None
     last_id: str | None = None
 
 
 class Rationale(BaseModel):
+    """One stored rationale; read from a row of `distillery.store.rationales.list_rationales`."""
+
+    model_config = ConfigDict(from_attributes=True)
     id: int
     object: Literal["rationale"] = "rationale"
     job_id: str
@@ -157,16 +171,14 @@ class Rationale(BaseModel):
     completion_tokens: int | None
     latency_ms: float | None
     template_version: str | None
-    incontext_ids: list[str]
+    incontext_ids: Annotated[list[str], BeforeValidator(lambda ids: list(ids or []))]
     truncated: bool
     agrees_with_gold: bool | None
     duplicate: bool
     created_at: datetime
 
 
-class RationaleList(BaseModel):
-    object: Literal["list"] = "list"
+class RationaleList(CursorPage):
     data: list[Rationale]
-    has_more: bool
     first_id: int | None = None
     last_id: int | None = None

@@ -1,4 +1,5 @@
-"""Rationale jobs behind the routes: validation against the stored data, creation, views, cancel.
+"""Rationale jobs behind the routes: validation against the stored data, creation, views, cancel,
+progress and export.
 
 The gateway never runs a job: it writes the job row and enqueues `start_job` by name; workers do the
 rest and report through the same rows.
@@ -6,9 +7,11 @@ rest and report through the same rows.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import cast
 
 from celery import Celery
 from sqlalchemy import func, select
@@ -19,10 +22,12 @@ from distillery.store import examples as ex_store
 from distillery.store import jobs
 from distillery.store import models as m
 from distillery.store import rationales as rat_store
+from distillery.store.db import session_factory
 from distillery.teachers import registry
 from distillery_gateway.accepted import IDEMPOTENCY_HEADER
 from distillery_gateway.errors import APIError
 from distillery_gateway.jobs import protocol as p
+from distillery_gateway.progress import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +48,23 @@ def request_hash(req: p.CreateRationaleJob) -> str:
 
 
 class JobService:
-    """Job operations for one request: its database session and the Celery app it enqueues on."""
+    """Job operations; built once per app (with the Celery app it enqueues on and the database its
+    exports read), each call given the request's database session."""
 
-    def __init__(self, session: Session, celery: Celery):
-        self.session = session
+    def __init__(self, celery: Celery, database_url: str):
         self.celery = celery
+        self.database_url = database_url
 
     # ------------------------------------------------------------------------------------------ create
 
-    def _select_examples(self, req: p.CreateRationaleJob, dataset: m.Dataset) -> list[int]:
+    def _select_examples(self, session: Session, req: p.CreateRationaleJob, dataset: m.Dataset) -> list[int]:
         base = select(m.Example.id, m.Example.external_id).where(
             m.Example.dataset_id == dataset.id, m.Example.split == req.split
         )
         if req.ids is not None:
             found = dict(
                 (ext, row_id)
-                for row_id, ext in self.session.execute(base.where(m.Example.external_id.in_(req.ids)))
+                for row_id, ext in session.execute(base.where(m.Example.external_id.in_(req.ids)))
             )
             missing = [i for i in req.ids if i not in found]
             if missing:
@@ -71,9 +77,9 @@ class JobService:
         stmt = base.order_by(m.Example.id)
         if req.limit is not None:
             stmt = stmt.limit(req.limit)
-        selected = [row_id for row_id, _ in self.session.execute(stmt)]
+        selected = [row_id for row_id, _ in session.execute(stmt)]
         if not selected:
-            splits = [split for name, split, _ in ex_store.split_counts(self.session) if name == dataset.name]
+            splits = [split for name, split, _ in ex_store.split_counts(session) if name == dataset.name]
             raise _invalid(
                 "split",
                 f"dataset '{dataset.name}' has no examples in split '{req.split}' "
@@ -81,25 +87,31 @@ class JobService:
             )
         return selected
 
-    def _validate(self, req: p.CreateRationaleJob) -> tuple[m.Dataset, list[m.Teacher], list[int]]:
-        dataset = ex_store.find_dataset(self.session, req.dataset)
+    def _validate(
+        self, session: Session, req: p.CreateRationaleJob
+    ) -> tuple[m.Dataset, list[m.Teacher], list[int]]:
+        dataset = ex_store.find_dataset(session, req.dataset)
         if dataset is None:
-            known = ex_store.dataset_names(self.session)
+            known = ex_store.dataset_names(session)
             raise _invalid("dataset", f"unknown dataset '{req.dataset}' (stored datasets: {_listing(known)})")
-        teachers = [registry.get_teacher_by_name(self.session, name) for name in req.teachers]
-        unknown = [name for name, row in zip(req.teachers, teachers, strict=True) if row is None]
+        found = [registry.get_teacher_by_name(session, name) for name in req.teachers]
+        unknown = [name for name, row in zip(req.teachers, found, strict=True) if row is None]
         if unknown:
-            known = [t.name for t in registry.list_teachers(self.session)]
+            known = [t.name for t in registry.list_teachers(session)]
             raise _invalid(
                 "teachers", f"unknown teacher(s) {_listing(unknown)} (registered teachers: {_listing(known)})"
             )
-        example_ids = self._select_examples(req, dataset)
+        teachers = [row for row in found if row is not None]
+        example_ids = self._select_examples(session, req, dataset)
         k = 0 if req.in_context.strategy == "none" else req.in_context.k
         if k:
-            pool = self.session.scalar(
-                select(func.count())
-                .select_from(m.Example)
-                .where(m.Example.dataset_id == dataset.id, m.Example.split == req.split)
+            pool = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(m.Example)
+                    .where(m.Example.dataset_id == dataset.id, m.Example.split == req.split)
+                )
+                or 0
             )
             if k > pool - 1:
                 raise _invalid(
@@ -116,9 +128,11 @@ class JobService:
                 spec.params.model_validate({**spec.params.model_dump(), **overrides})
             except ValueError as exc:
                 raise _invalid("generation", f"invalid for teacher '{teacher.name}': {exc}") from None
-        return dataset, teachers, example_ids  # type: ignore[return-value]
+        return dataset, teachers, example_ids
 
-    def create(self, req: p.CreateRationaleJob, idempotency_key: str | None) -> tuple[p.RationaleJob, bool]:
+    def create(
+        self, session: Session, req: p.CreateRationaleJob, idempotency_key: str | None
+    ) -> tuple[p.RationaleJob, bool]:
         """Validate, store and enqueue a job; (view, created). A repeated key returns the first job."""
         digest = request_hash(req)
         if idempotency_key is not None:
@@ -129,12 +143,12 @@ class JobService:
                     param=IDEMPOTENCY_HEADER,
                     code="invalid_value",
                 )
-            existing = self.session.scalars(
+            existing = session.scalars(
                 select(m.RationaleJob).where(m.RationaleJob.idempotency_key == idempotency_key)
             ).one_or_none()
             if existing is not None:
-                return self._replay(existing, digest), False
-        dataset, teachers, example_ids = self._validate(req)
+                return self._replay(session, existing, digest), False
+        dataset, teachers, example_ids = self._validate(session, req)
         params = {
             "teachers": req.teachers,
             "in_context": req.in_context.model_dump(),
@@ -144,7 +158,7 @@ class JobService:
             "request_hash": digest,
         }
         job, created = jobs.create_job(
-            self.session,
+            session,
             dataset_id=dataset.id,
             split=req.split,
             example_ids=example_ids,
@@ -154,14 +168,14 @@ class JobService:
             idempotency_key=idempotency_key,
         )
         if not created:  # lost a race with the same key
-            return self._replay(job, digest), False
+            return self._replay(session, job, digest), False
         # Committed before enqueueing: a worker must find the row the task names.
-        self.session.commit()
+        session.commit()
         self._enqueue(job.id)
         log.info("job %s: %d examples x %d teacher(s) queued", job.id, len(example_ids), len(teachers))
-        return self.view(job), True
+        return self.view(session, job), True
 
-    def _replay(self, job: m.RationaleJob, digest: str) -> p.RationaleJob:
+    def _replay(self, session: Session, job: m.RationaleJob, digest: str) -> p.RationaleJob:
         if job.params.get("request_hash") != digest:
             raise APIError(
                 409,
@@ -174,7 +188,7 @@ class JobService:
             # The first request may have died between storing the job and enqueueing it; starting twice
             # is harmless (the first start wins the row lock).
             self._enqueue(job.id)
-        return self.view(job)
+        return self.view(session, job)
 
     def _enqueue(self, job_id: str) -> None:
         try:
@@ -190,13 +204,13 @@ class JobService:
 
     # ------------------------------------------------------------------------------------------ read
 
-    def get_row(self, job_id: str) -> m.RationaleJob:
-        job = jobs.get_job(self.session, job_id)
+    def get_row(self, session: Session, job_id: str) -> m.RationaleJob:
+        job = jobs.get_job(session, job_id)
         if job is None:
             raise APIError(404, f"no rationale job '{job_id}'", param="job_id", code="job_not_found")
         return job
 
-    def view(self, job: m.RationaleJob) -> p.RationaleJob:
+    def view(self, session: Session, job: m.RationaleJob) -> p.RationaleJob:
         progress = [
             p.TeacherProgress(
                 teacher=name,
@@ -206,16 +220,16 @@ class JobService:
                 prompt_tokens=jt.prompt_tokens,
                 completion_tokens=jt.completion_tokens,
             )
-            for jt, name in jobs.teacher_progress(self.session, job.id)
+            for jt, name in jobs.teacher_progress(session, job.id)
         ]
-        failures, error_count = jobs.recent_failures(self.session, job.id, ERRORS_SHOWN)
+        failures, error_count = jobs.recent_failures(session, job.id, ERRORS_SHOWN)
         prompt = sum(t.prompt_tokens for t in progress)
         completion = sum(t.completion_tokens for t in progress)
-        dataset = self.session.get(m.Dataset, job.dataset_id)
+        dataset = session.get(m.Dataset, job.dataset_id)
         params = job.params or {}
         return p.RationaleJob(
             id=job.id,
-            kind=job.kind,
+            kind=cast(p.JobKind, job.kind),
             status=job.status,
             dataset=dataset.name if dataset else str(job.dataset_id),
             split=job.split,
@@ -241,8 +255,8 @@ class JobService:
             finished_at=job.finished_at,
         )
 
-    def get(self, job_id: str) -> p.RationaleJob:
-        view = self.view(self.get_row(job_id))
+    def get(self, session: Session, job_id: str) -> p.RationaleJob:
+        view = self.view(session, self.get_row(session, job_id))
         if view.status == jobs.RUNNING and view.done + view.failed >= view.total:
             # Every item is settled but the job is still open (a lost finisher): ask again; idempotent.
             try:
@@ -251,20 +265,19 @@ class JobService:
                 log.warning("job %s: cannot enqueue a completion check", job_id)
         return view
 
-    def list(self, limit: int, after: str | None, status: str | None, kind: str | None) -> p.RationaleJobList:
+    def list(self, session: Session, query: p.JobQuery) -> p.RationaleJobList:
         rows, has_more = jobs.list_jobs(
-            self.session, limit=limit, after=after, status=status, kind="generate"
+            session, limit=query.limit, after=query.after, status=query.status, kind=query.kind
         )
-        data = [self.view(row) for row in rows]
-        return p.RationaleJobList(
-            data=data,
-            has_more=has_more,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-        )
+        return p.RationaleJobList.of([self.view(session, row) for row in rows], has_more)
 
-    def cancel(self, job_id: str) -> p.RationaleJob:
-        job = self.get_row(job_id)
+    def snapshot(self, session: Session, job_id: str) -> Snapshot:
+        """The job as its progress stream sees it (see `distillery_gateway.progress`)."""
+        view = self.view(session, self.get_row(session, job_id))
+        return Snapshot(str(view.done + view.failed), view.model_dump_json(), view.status in jobs.TERMINAL)
+
+    def cancel(self, session: Session, job_id: str) -> p.RationaleJob:
+        job = self.get_row(session, job_id)
         if job.status in (jobs.COMPLETED, jobs.COMPLETED_WITH_ERRORS, jobs.FAILED):
             raise APIError(
                 409,
@@ -272,15 +285,15 @@ class JobService:
                 param="job_id",
                 code="job_finished",
             )
-        job = jobs.cancel_job(self.session, job_id)
-        self.session.commit()
+        job = jobs.cancel_job(session, job_id) or job
+        session.commit()
         log.info("job %s: cancelled", job_id)
-        return self.view(job)  # type: ignore[arg-type]
+        return self.view(session, job)
 
-    def _check_teachers(self, job: m.RationaleJob, names: list[str] | None) -> None:
+    def _check_teachers(self, session: Session, job: m.RationaleJob, names: Sequence[str] | None) -> None:
         if not names:
             return
-        own = [name for _, name in jobs.teacher_progress(self.session, job.id)]
+        own = [name for _, name in jobs.teacher_progress(session, job.id)]
         unknown = [n for n in names if n not in own]
         if unknown:
             raise _invalid(
@@ -288,64 +301,24 @@ class JobService:
                 f"job {job.id} has no teacher(s) {_listing(unknown)} (its teachers: {_listing(own)})",
             )
 
-    def rationales(
-        self,
-        job_id: str,
-        *,
-        teacher: str | None,
-        truncated: bool | None,
-        agrees_with_gold: bool | None,
-        example_id: str | None,
-        after: int | None,
-        limit: int,
-    ) -> p.RationaleList:
-        job = self.get_row(job_id)
-        self._check_teachers(job, [teacher] if teacher else None)
-        rows, has_more = jobs.list_rationales(
-            self.session,
-            job_id,
-            teacher=teacher,
-            truncated=truncated,
-            agrees_with_gold=agrees_with_gold,
-            example_id=example_id,
-            after=after,
-            limit=limit,
+    def rationales(self, session: Session, job_id: str, query: p.RationaleQuery) -> p.RationaleList:
+        self._check_teachers(
+            session, self.get_row(session, job_id), [query.teacher] if query.teacher else None
         )
-        data = [
-            p.Rationale(
-                id=r.id,
-                job_id=r.job_id,
-                example_id=ext,
-                teacher=name,
-                sample_index=r.sample_index,
-                text=r.text,
-                finish_reason=r.finish_reason,
-                prompt_tokens=r.prompt_tokens,
-                completion_tokens=r.completion_tokens,
-                latency_ms=r.latency_ms,
-                template_version=r.template_version,
-                incontext_ids=list(r.incontext_ids or []),
-                truncated=r.truncated,
-                agrees_with_gold=r.agrees_with_gold,
-                duplicate=r.duplicate,
-                created_at=r.created_at,
-            )
-            for r, name, ext in rows
-        ]
-        return p.RationaleList(
-            data=data,
-            has_more=has_more,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-        )
+        rows, has_more = rat_store.list_rationales(session, job_id, query)
+        return p.RationaleList.of([p.Rationale.model_validate(row) for row in rows], has_more)
 
-    def export_check(self, job_id: str, teachers: list[str] | None) -> None:
-        """Fail before streaming starts: once the body is on its way, a status code cannot change."""
-        self._check_teachers(self.get_row(job_id), teachers)
+    def export(self, session: Session, job_id: str, teachers: builtins.list[str] | None) -> Iterator[bytes]:
+        """The job's rationales in the exchange format, one JSON line each, streamed from the database.
+
+        Checked here, before streaming starts (once the body is on its way, a status code cannot
+        change); the stream outlives the request's session and reads through one of its own.
+        """
+        self._check_teachers(session, self.get_row(session, job_id), teachers)
+        return _export_lines(session_factory(self.database_url)(), job_id, teachers)
 
 
-def export_jsonl(session: Session, job_id: str, teachers: list[str] | None) -> Iterator[bytes]:
-    """The job's rationales in the exchange format, one JSON line each (streamed from the database)."""
+def _export_lines(session: Session, job_id: str, teachers: list[str] | None) -> Iterator[bytes]:
     try:
         for line in rat_store.export_lines(session, job_id, teachers or None):
             yield (rat_store.dump_line(line) + "\n").encode()

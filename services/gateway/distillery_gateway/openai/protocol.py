@@ -21,10 +21,20 @@ class UsageInfo(BaseModel):
     completion_tokens: int = 0
     total_tokens: int
 
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> UsageInfo:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
 
 class StreamOptions(OpenAIModel):
-    include_usage: bool | None = Field(None, description="Send a last chunk with `usage` (and no choices).")
-    include_obfuscation: bool | None = Field(None, description="Accepted for compatibility; ignored.")
+    include_usage: bool | None = Field(
+        default=None, description="Send a last chunk with `usage` (and no choices)."
+    )
+    include_obfuscation: bool | None = Field(default=None, description="Accepted for compatibility; ignored.")
 
 
 StopSequence = Annotated[str, Field(min_length=1, max_length=200)]
@@ -35,3 +45,29 @@ TopP = Annotated[float, Field(ge=0.0, le=1.0, description="Nucleus sampling mass
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0, description="Only 0 is supported.")]
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, description="Makes sampling reproducible.")]
 ChoiceCount = Annotated[int, Field(ge=1, le=MAX_N, description=f"Choices to generate (at most {MAX_N}).")]
+
+
+class GenerationRequest(OpenAIModel):
+    """The fields the completion and chat requests share (sampling, streaming, unsupported knobs)."""
+
+    model: str = Field(min_length=1, description="A served model id or alias (see GET /v1/models).")
+    frequency_penalty: Penalty | None = 0.0
+    logit_bias: dict[str, float] | None = Field(default=None, description="Not supported (only empty).")
+    n: ChoiceCount | None = 1
+    presence_penalty: Penalty | None = 0.0
+    seed: Seed | None = None
+    stop: Stop = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: Temperature | None = 1.0
+    top_p: TopP | None = 1.0
+    user: str | None = Field(default=None, max_length=256)
+
+
+class GenerationResponse(BaseModel):
+    """What a response and each of its stream's chunks share; subclasses add `object` and `choices`."""
+
+    id: str
+    created: int
+    model: str
+    system_fingerprint: str | None = None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated, Any
+
+from fastapi import APIRouter
 from fastapi.responses import Response
 
-from distillery_gateway.deps import require_scope
+from distillery_gateway.deps import require_scope, serving
 from distillery_gateway.errors import ErrorResponse
 from distillery_gateway.predict.protocol import (
     BatchPrediction,
@@ -13,23 +15,26 @@ from distillery_gateway.predict.protocol import (
     Prediction,
     PredictRequest,
 )
+from distillery_gateway.predict.serving import PredictServing
 from distillery_gateway.serving_base import json_response
 
 router = APIRouter(tags=["predict"], dependencies=[require_scope("infer")])
 
-RESPONSES = {
+Predictor = Annotated[PredictServing, serving(PredictServing)]
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "The model is not served here."},
     503: {"model": ErrorResponse, "description": "Busy (queue full) or loading: retry after `Retry-After`."},
 }
 
 
 @router.post("/v1/predict", response_model=Prediction, responses=RESPONSES)
-async def predict(body: PredictRequest, request: Request) -> Response:
+async def predict(body: PredictRequest, predictor: Predictor) -> Response:
     """Answer one multiple-choice question: a valid option index, optionally with a rationale."""
-    return json_response(await request.app.state.serving_predict.predict(body))
+    return json_response(await predictor.predict(body))
 
 
 @router.post("/v1/predict/batch", response_model=BatchPrediction, responses=RESPONSES)
-async def predict_batch(body: BatchPredictRequest, request: Request) -> Response:
+async def predict_batch(body: BatchPredictRequest, predictor: Predictor) -> Response:
     """Answer several questions in one request; they share batched generate calls."""
-    return json_response(await request.app.state.serving_predict.predict_batch(body))
+    return json_response(await predictor.predict_batch(body))

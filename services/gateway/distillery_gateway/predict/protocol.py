@@ -55,7 +55,12 @@ class Prediction(BaseModel):
     answer_letter: str = Field(description="`a`, `b`, ... as in the prompt's `(a) ...` lines.")
     method: Literal["generation", "likelihood"] = Field(
         description="`generation`: the generated answer named an option; `likelihood`: it did not, so the "
-        "option the model finds most likely (length-normalised) was chosen."
+        "option with the best `option_scores` was chosen."
+    )
+    option_scores: list[float] | None = Field(
+        None,
+        description="With `likelihood`: per option, the summed log-probability of its answer target "
+        "`(b) text` per character (lm-evaluation-harness `acc_norm`, as `distillery eval` reports it).",
     )
     rationale: str | None = Field(None, description="The generated explanation (with `explain`).")
     model: str = Field(description="The model version that answered.")

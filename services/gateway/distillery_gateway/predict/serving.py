@@ -1,8 +1,9 @@
 """Multiple-choice answers from the student, prompted exactly as the trainer prompted it.
 
 The answer task input is `student_input(example, answer_prefix)` wrapped by the trainer's encoder; the
-greedy answer is mapped to an option with `parse_answer`. When it names no option, the option whose
-answer target (`(b) text`) the model finds most likely per token is chosen, so `answer_index` is always
+greedy answer is mapped to an option with `parse_answer`. When it names no option, the option with the
+best `acc_norm` score (`distillery.distill.option_scoring`, the scorer `distillery eval` reports: summed
+log-probability of its answer target `(b) text` per character) is chosen, so `answer_index` is always
 valid. Every question of a batch goes to the engine at once, so they share batched generate calls.
 """
 
@@ -11,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import AsyncExitStack
-from dataclasses import replace
+from typing import Literal
 
-from distillery.rationales.prompts import answer_target, parse_answer, student_input, teacher_prefix
+from distillery.distill.option_scoring import OptionScores, option_targets, scored_target_ids, split_prompt
+from distillery.rationales.prompts import parse_answer, student_input, teacher_prefix
 from distillery.records import OPTION_LETTERS, Example
 from distillery_gateway.engine.backend import Backend
 from distillery_gateway.engine.types import SamplingParams
@@ -101,30 +103,30 @@ class PredictServing(ServingBase):
             sum(g.prompt_tokens for g in generations), sum(g.completion_tokens for g in generations)
         )
         index = parse_answer(generations[0].choices[0].text, item.options)
-        method = "generation"
+        method: Literal["generation", "likelihood"] = "generation"
+        scores: list[float] | None = None
         if index is None:
-            index, method = await self._most_likely(backend, prompt, example), "likelihood"
+            scored = await self._option_scores(backend, prompt, example)
+            index, method, scores = scored.acc_norm, "likelihood", scored.acc_norm_scores
         self.metrics.predictions.labels(method).inc()
         return Prediction(
             answer_index=index,
             answer=item.options[index],
             answer_letter=OPTION_LETTERS[index],
             method=method,
+            option_scores=scores,
             rationale=generations[1].choices[0].text.strip() if item.explain else None,
             model=model,
             latency_ms=_ms(started),
         )
 
     @staticmethod
-    async def _most_likely(backend: Backend, prompt: list[int], example: Example) -> int:
-        """The option whose answer target has the highest mean token log-probability."""
-        targets = [
-            backend.codec.target_ids(answer_target(replace(example, answer=i)))
-            for i in range(len(example.options))
-        ]
-        scores = await backend.score(prompt, targets)
-        means = [sum(s) / max(len(s), 1) for s in scores]
-        return max(range(len(means)), key=lambda i: (means[i], -i))
+    async def _option_scores(backend: Backend, prompt: list[int], example: Example) -> OptionScores:
+        """Every option's answer target scored after the answer prompt, as `distillery eval` scores it."""
+        targets = option_targets(example)
+        context, lead = split_prompt(backend.codec.encoder, prompt)
+        ids = [lead + scored_target_ids(backend.codec.encoder, target) for target in targets]
+        return OptionScores.of(targets, await backend.score(context, ids))
 
 
 def _ms(started: float) -> float:

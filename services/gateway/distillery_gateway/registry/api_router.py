@@ -1,14 +1,14 @@
-"""/v1/registry/models: reads with any key, writes (register, promote) with `admin`."""
+"""/v1/registry/models: reads with `models:read`, writes (register, promote) with `admin`."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from distillery_gateway.deps import PrincipalDep, SessionDep, require_scope
+from distillery_gateway.deps import SessionDep, require_scope, serving
 from distillery_gateway.errors import ErrorResponse
 from distillery_gateway.registry.protocol import (
     RegisteredModel,
@@ -16,23 +16,26 @@ from distillery_gateway.registry.protocol import (
     RegisterModelRequest,
     Stage,
 )
+from distillery_gateway.registry.serving import RegistryServing
 
 router = APIRouter(prefix="/v1/registry/models", tags=["registry"])
 
+Registry = Annotated[RegistryServing, serving(RegistryServing)]
 ModelId = Annotated[str, Path(min_length=1, max_length=32, description="The registry id.")]
-NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such registered model."}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No such registered model."}
+}
 
 
-@router.get("", response_model=RegisteredModelList)
+@router.get("", response_model=RegisteredModelList, dependencies=[require_scope("models:read")])
 def list_models(
-    request: Request,
+    registry: Registry,
     session: SessionDep,
-    _: PrincipalDep,
     name: Annotated[str | None, Query(max_length=100, description="Only versions of this name.")] = None,
     stage: Annotated[Stage | None, Query(description="Only versions in this stage.")] = None,
 ) -> RegisteredModelList:
     """Every registered version, newest first per name, with its stage and whether it is served here."""
-    return request.app.state.serving_registry.list(session, name, stage)
+    return registry.list(session, name, stage)
 
 
 @router.post(
@@ -42,16 +45,20 @@ def list_models(
     dependencies=[require_scope("admin")],
     responses={200: {"model": RegisteredModel, "description": "Already registered (same name and path)."}},
 )
-async def register_model(body: RegisterModelRequest, request: Request, session: SessionDep) -> JSONResponse:
+async def register_model(body: RegisterModelRequest, registry: Registry, session: SessionDep) -> JSONResponse:
     """Register a local HF model directory as the next version of `name` (stage `staging`)."""
-    view, created = await run_in_threadpool(request.app.state.serving_registry.register, session, body)
+    view, created = await run_in_threadpool(registry.register, session, body)
     return JSONResponse(view.model_dump(mode="json"), status_code=201 if created else 200)
 
 
-@router.get("/{model_id}", response_model=RegisteredModel, responses=NOT_FOUND)
-def get_model(model_id: ModelId, request: Request, session: SessionDep, _: PrincipalDep) -> RegisteredModel:
-    serving = request.app.state.serving_registry
-    return serving.view(serving.get(session, model_id))
+@router.get(
+    "/{model_id}",
+    response_model=RegisteredModel,
+    responses=NOT_FOUND,
+    dependencies=[require_scope("models:read")],
+)
+def get_model(model_id: ModelId, registry: Registry, session: SessionDep) -> RegisteredModel:
+    return registry.view(registry.get(session, model_id))
 
 
 @router.post(
@@ -62,7 +69,7 @@ def get_model(model_id: ModelId, request: Request, session: SessionDep, _: Princ
 )
 async def promote_model(
     model_id: ModelId,
-    request: Request,
+    registry: Registry,
     session: SessionDep,
     wait: Annotated[
         bool, Query(description="Answer once this replica serves it (others follow on their own).")
@@ -70,4 +77,4 @@ async def promote_model(
 ) -> RegisteredModel:
     """Make this version production: every replica loads it in the background and swaps atomically.
     Roll back by promoting the previous version."""
-    return await request.app.state.serving_registry.promote(session, model_id, wait)
+    return await registry.promote(session, model_id, wait)

@@ -23,7 +23,7 @@ class RegisterModelRequest(BaseModel):
     path: str = Field(
         min_length=1, max_length=4096, description="A local HF model directory (config.json, ...)."
     )
-    base_model: str | None = Field(None, max_length=200, description="What it was trained from.")
+    base_model: str | None = Field(default=None, max_length=200, description="What it was trained from.")
     metrics: dict = Field(default_factory=dict, description="Evaluation figures to keep with it.")
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model")
 
 
-def _epoch(value) -> int | None:
+def _epoch(value: datetime | None) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
 
@@ -79,7 +81,7 @@ class RegistryServing:
             base_model=row.base_model,
             training_run_id=row.training_run_id,
             metrics=row.metrics or {},
-            stage=row.stage,
+            stage=cast(Stage, row.stage),
             created_at=_epoch(row.created_at) or 0,
             promoted_at=_epoch(row.promoted_at),
             serving=served is not None and served.registry_id == row.id,

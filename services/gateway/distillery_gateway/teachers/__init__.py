@@ -1,1 +1,1 @@
-"""Teacher registry over HTTP: protocol (the contract) and serving (the logic); routes/teachers.py is thin."""
+"""Teachers over HTTP: protocol (the contract), serving (the logic), api_router (the thin HTTP layer)."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from distillery.teachers.base import GenerationParams, TeacherSpec
 
@@ -23,6 +23,9 @@ class CreateTeacher(TeacherSpec):
 
 
 class Teacher(BaseModel):
+    """A registered teacher; read from its database row."""
+
+    model_config = ConfigDict(from_attributes=True)
     object: Literal["teacher"] = "teacher"
     id: int
     name: str
@@ -32,7 +35,7 @@ class Teacher(BaseModel):
     api_style: str
     prefix: str
     template_version: str | None
-    params: dict
+    params: Annotated[dict, BeforeValidator(lambda params: params or {})]
     max_concurrency: int
     timeout_s: float
     created_at: datetime

@@ -1,1 +1,1 @@
-"""Training runs: protocol (the contract) and serving (the logic); routes/training.py is the thin layer."""
+"""Training runs: protocol (the contract), serving (the logic), api_router (the thin HTTP layer)."""

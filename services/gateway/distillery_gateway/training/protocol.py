@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from distillery.distill.config import TrainConfig
+from distillery_gateway.pagination import CursorPage, ListQuery
 
 CreateTrainingRun = TrainConfig
 # distillery.store.runs.STATUSES
@@ -37,7 +38,9 @@ class TrainingRun(BaseModel):
     progress: float = Field(description="step / total_steps, 0..1.")
     loss_curve: list[LossPoint]
     metrics: dict = Field(description="Training figures and `eval` (accuracy, letter distribution, ...).")
-    model_id: str | None = Field(None, description="Registry id of the trained model, once registered.")
+    model_id: str | None = Field(
+        default=None, description="Registry id of the trained model, once registered."
+    )
     output_dir: str | None = None
     error: str | None = None
     config: TrainConfig
@@ -46,10 +49,17 @@ class TrainingRun(BaseModel):
     finished_at: int | None = None
 
 
-class TrainingRunList(BaseModel):
-    object: Literal["list"] = "list"
+class RunQuery(ListQuery):
+    """GET /v1/training-runs: newest first, `after` + `limit`, optionally one status."""
+
+    status: RunStatus | None = None
+
+
+class TrainingRunList(CursorPage):
     data: list[TrainingRun]
     has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
 
 
 class TrainingRunEvent(BaseModel):

@@ -1,33 +1,54 @@
 """The dashboard's pages, rendered from the same services the /v1 routes call (no logic of their own).
 
 Reads happen here on the server; actions (submit, cancel, promote, predict) are the browser calling the
-REST API, so the API's scope checks and error messages apply unchanged.
+REST API, so the API's scope checks and error messages apply unchanged. Each page needs the scope of
+the API reads it shows (a 403 page otherwise).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse
 
 from distillery.rationales.incontext import STRATEGIES
 from distillery.store import examples as ex_store
 from distillery.store.jobs import TERMINAL
+from distillery.store.rationales import RationaleFilter
 from distillery.store.runs import FINISHED
 from distillery_gateway.deps import SessionDep
 from distillery_gateway.errors import APIError
-from distillery_gateway.jobs.serving import JobService
-from distillery_gateway.teachers.serving import TeacherService
-from distillery_gateway.training.serving import TrainingService
-from distillery_gateway.ui.web import SessionPage, render, render_error
+from distillery_gateway.jobs.api_router import Jobs
+from distillery_gateway.jobs.protocol import JobQuery
+from distillery_gateway.openai.models.api_router import Models
+from distillery_gateway.pagination import CursorPage, ListQuery
+from distillery_gateway.registry.api_router import Registry
+from distillery_gateway.teachers.api_router import Teachers
+from distillery_gateway.training.api_router import Runs
+from distillery_gateway.training.protocol import RunQuery
+from distillery_gateway.ui.web import JobsPage, ModelsPage, PlaygroundPage, TrainingPage, render, render_error
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 JobId = Annotated[str, Path(min_length=1, max_length=32)]
 RunId = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9]+$")]
 YesNo = Literal["", "yes", "no"]
+PER_PAGE = 50
 RATIONALES_PER_PAGE = 200
+
+
+def _page(after: Annotated[str | None, Query(max_length=32)] = None) -> ListQuery:
+    """The page of a list the browser asks for: PER_PAGE items after the `after` cursor."""
+    return ListQuery(limit=PER_PAGE, after=after)
+
+
+Page = Annotated[ListQuery, Depends(_page)]
+
+
+def _next(page: CursorPage) -> Any:
+    """The cursor of the page after this one (its `after`), or None on the last page."""
+    return page.last_id if page.has_more else None
 
 
 def _flag(value: str) -> bool | None:
@@ -35,16 +56,18 @@ def _flag(value: str) -> bool | None:
 
 
 @router.get("/jobs", response_class=HTMLResponse)
-def jobs_page(request: Request, ui: SessionPage, session: SessionDep) -> HTMLResponse:
-    service = JobService(session, request.app.state.celery)
-    listing = service.list(50, None, None, None)
+def jobs_page(
+    request: Request, ui: JobsPage, session: SessionDep, jobs: Jobs, teachers: Teachers, page: Page
+) -> HTMLResponse:
+    listing = jobs.list(session, JobQuery(limit=page.limit, after=page.after))
     return render(
         request,
         "jobs.html",
         ui,
         jobs=listing.data,
+        next_after=_next(listing),
         terminal=TERMINAL,
-        teachers=TeacherService(session).list().data,
+        teachers=teachers.list(session).data,
         splits=ex_store.split_counts(session),
         strategies=STRATEGIES,
     )
@@ -53,8 +76,9 @@ def jobs_page(request: Request, ui: SessionPage, session: SessionDep) -> HTMLRes
 @router.get("/jobs/{job_id}/rationales", response_class=HTMLResponse)
 def rationales_page(
     request: Request,
-    ui: SessionPage,
+    ui: JobsPage,
     session: SessionDep,
+    jobs: Jobs,
     job_id: JobId,
     teacher: Annotated[str, Query(max_length=100)] = "",
     truncated: YesNo = "",
@@ -63,18 +87,17 @@ def rationales_page(
     after: Annotated[int | None, Query(ge=0)] = None,
 ) -> HTMLResponse:
     """One job's rationales grouped by example: the question, its options and gold, teachers side by side."""
-    service = JobService(session, request.app.state.celery)
+    query = RationaleFilter(
+        teacher=teacher or None,
+        truncated=_flag(truncated),
+        agrees_with_gold=_flag(agrees),
+        example_id=example_id or None,
+        after=after,
+        limit=RATIONALES_PER_PAGE,
+    )
     try:
-        job = service.get(job_id)
-        page = service.rationales(
-            job_id,
-            teacher=teacher or None,
-            truncated=_flag(truncated),
-            agrees_with_gold=_flag(agrees),
-            example_id=example_id or None,
-            after=after,
-            limit=RATIONALES_PER_PAGE,
-        )
+        job = jobs.get(session, job_id)
+        page = jobs.rationales(session, job_id, query)
     except APIError as exc:
         return render_error(request, ui, exc)
     by_example: dict[str, dict[str, list]] = {}
@@ -91,28 +114,31 @@ def rationales_page(
         groups=[(examples.get(ex_id), ex_id, per_teacher) for ex_id, per_teacher in by_example.items()],
         columns=[teacher] if teacher else job.teachers,
         filters={"teacher": teacher, "truncated": truncated, "agrees": agrees, "example_id": example_id},
-        next_after=page.last_id if page.has_more else None,
+        next_after=_next(page),
         shown=len(page.data),
     )
 
 
 @router.get("/teachers", response_class=HTMLResponse)
-def teachers_page(request: Request, ui: SessionPage, session: SessionDep) -> HTMLResponse:
-    service = TeacherService(session)
-    rows = [(teacher, service.stats(teacher.name)) for teacher in service.list().data]
+def teachers_page(request: Request, ui: JobsPage, session: SessionDep, teachers: Teachers) -> HTMLResponse:
+    rows = [(teacher, teachers.stats(session, teacher.name)) for teacher in teachers.list(session).data]
     return render(request, "teachers.html", ui, rows=rows)
 
 
 @router.get("/training", response_class=HTMLResponse)
-def training_page(request: Request, ui: SessionPage, session: SessionDep) -> HTMLResponse:
-    runs = TrainingService(session, request.app.state.celery).list(50, 0, None)
-    return render(request, "training.html", ui, runs=runs.data)
+def training_page(
+    request: Request, ui: TrainingPage, session: SessionDep, runs: Runs, page: Page
+) -> HTMLResponse:
+    listing = runs.list(session, RunQuery(limit=page.limit, after=page.after))
+    return render(request, "training.html", ui, runs=listing.data, next_after=_next(listing))
 
 
 @router.get("/training/{run_id}", response_class=HTMLResponse)
-def training_run_page(request: Request, ui: SessionPage, session: SessionDep, run_id: RunId) -> HTMLResponse:
+def training_run_page(
+    request: Request, ui: TrainingPage, session: SessionDep, runs: Runs, run_id: RunId
+) -> HTMLResponse:
     try:
-        run = TrainingService(session, request.app.state.celery).get(run_id)
+        run = runs.get(session, run_id)
     except APIError as exc:
         return render_error(request, ui, exc)
     evaluation = run.metrics.get("eval") if isinstance(run.metrics.get("eval"), dict) else {}
@@ -129,13 +155,13 @@ def training_run_page(request: Request, ui: SessionPage, session: SessionDep, ru
 
 
 @router.get("/models", response_class=HTMLResponse)
-def models_page(request: Request, ui: SessionPage, session: SessionDep) -> HTMLResponse:
-    registered = request.app.state.serving_registry.list(session, None, None)
-    served = request.app.state.serving_models.list()
-    return render(request, "models.html", ui, models=registered.data, served=served.data)
+def models_page(
+    request: Request, ui: ModelsPage, session: SessionDep, registry: Registry, models: Models
+) -> HTMLResponse:
+    registered = registry.list(session, None, None)
+    return render(request, "models.html", ui, models=registered.data, served=models.list().data)
 
 
 @router.get("/playground", response_class=HTMLResponse)
-def playground_page(request: Request, ui: SessionPage) -> HTMLResponse:
-    served = request.app.state.serving_models.list()
-    return render(request, "playground.html", ui, served=served.data)
+def playground_page(request: Request, ui: PlaygroundPage, models: Models) -> HTMLResponse:
+    return render(request, "playground.html", ui, served=models.list().data)

@@ -23,6 +23,7 @@ from distillery_gateway.ui.session import COOKIE, LOGIN_CSRF_COOKIE, SessionStor
 from distillery_gateway.ui.web import (
     STATIC_DIR,
     LoginRequired,
+    PageForbidden,
     SessionPage,
     login_redirect,
     render,
@@ -48,7 +49,13 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 def _cookie_secure(request: Request) -> bool:
-    return request.url.scheme == "https"
+    """The Secure flag: DISTILLERY_SECURE_COOKIES, else whether the browser reached us over TLS (directly,
+    or through a TLS-terminating ingress that says so in X-Forwarded-Proto)."""
+    configured = request.app.state.settings.secure_cookies
+    if configured is not None:
+        return bool(configured)
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
 
 
 def _login_page(request: Request, next_path: str, error: str | None = None, status: int = 200) -> Response:
@@ -139,7 +146,9 @@ def static(name: Annotated[str, Path(max_length=100)]) -> Response:
 
 def install(app: FastAPI) -> None:
     """Serve the dashboard: its routes, its session store, and the redirect to the login page."""
-    app.state.ui_sessions = SessionStore(app.state.redis, app.state.database_url)
+    app.state.ui_sessions = SessionStore(
+        app.state.redis, app.state.database_url, app.state.settings.api_key_pepper
+    )
     for each in (router, pages.router):
         app.include_router(each)
         # The pages check the dashboard session themselves (redirect, not 401): the key check skips them.
@@ -148,3 +157,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def _to_login(_: Request, exc: LoginRequired) -> Response:
         return login_redirect(exc.next_path)
+
+    @app.exception_handler(PageForbidden)
+    async def _forbidden(request: Request, exc: PageForbidden) -> Response:
+        message = f"This page needs an API key with the '{exc.scope}' scope."
+        return render(request, "error.html", exc.session, status_code=403, status=403, message=message)

@@ -5,6 +5,10 @@ session id (HttpOnly, SameSite=Strict). Redis keeps `sha256(session id) -> {key_
 lifetime, so neither the raw key nor a usable session id is stored anywhere. Every request re-reads the
 key's row, so revoking the key ends its sessions at once; logging out deletes the record.
 
+A record is signed: HMAC-SHA256 over (record name, key id, CSRF token, expiry) with a secret only the key
+store holds (the key's stored hash, with the pepper). Whoever can write to Redis cannot mint or extend a
+session: a record that does not verify is deleted and answers 401.
+
 The same cookie authenticates the browser's calls to /v1/* (see `deps.get_principal`); an unsafe
 method must then carry the session's CSRF token in `X-CSRF-Token`.
 """
@@ -15,6 +19,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from dataclasses import dataclass
 
 import redis
@@ -54,36 +59,77 @@ def check_key(database_url: str, settings: Settings, key: str) -> apikeys.Princi
         return apikeys.verify_key(session, key.strip(), settings.api_key_pepper, settings.api_key_prefix)
 
 
-class SessionStore:
-    """Create, resolve and end dashboard sessions (records in Redis, principals from the key store)."""
+def _signature(secret: bytes, record_key: str, key_id: str, csrf: str, expires: int) -> str:
+    message = f"{record_key}|{key_id}|{csrf}|{expires}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
-    def __init__(self, client: redis.Redis, database_url: str, lifetime_s: int = LIFETIME_S):
+
+class SessionStore:
+    """Create, resolve and end dashboard sessions (signed records in Redis, principals from the key store)."""
+
+    def __init__(
+        self, client: redis.Redis, database_url: str, pepper: str = "", lifetime_s: int = LIFETIME_S
+    ):
         self.client = client
         self.database_url = database_url
+        self.pepper = pepper.encode()
         self.lifetime_s = lifetime_s
+
+    def _key_secret(self, key_id: str) -> tuple[apikeys.Principal, bytes] | None:
+        with session_factory(self.database_url)() as session:
+            found = apikeys.principal_and_secret(session, key_id)
+        return None if found is None else (found[0], found[1] + b"|" + self.pepper)
 
     def create(self, principal: apikeys.Principal) -> str:
         """A new session for the key; returns the session id (the cookie value)."""
+        found = self._key_secret(principal.key_id)
+        if found is None:
+            raise APIError(401, "invalid or revoked API key", code="invalid_api_key")
         session_id = secrets.token_urlsafe(32)
-        record = {"key_id": principal.key_id, "csrf": secrets.token_urlsafe(32)}
-        self.client.set(_record_key(session_id), json.dumps(record), ex=self.lifetime_s)
+        name, csrf, expires = (
+            _record_key(session_id),
+            secrets.token_urlsafe(32),
+            int(time.time()) + self.lifetime_s,
+        )
+        record = {
+            "key_id": principal.key_id,
+            "csrf": csrf,
+            "expires": expires,
+            "sig": _signature(found[1], name, principal.key_id, csrf, expires),
+        }
+        self.client.set(name, json.dumps(record), ex=self.lifetime_s)
         return session_id
 
     def end(self, session_id: str) -> None:
         self.client.delete(_record_key(session_id))
 
     def resolve(self, session_id: str) -> UISession | None:
-        """The live session of this id, or None (unknown, expired, or its key revoked)."""
-        raw = self.client.get(_record_key(session_id))
+        """The live session of this id, or None (unknown, expired, forged, or its key revoked)."""
+        name = _record_key(session_id)
+        raw = self.client.get(name)
         if raw is None:
             return None
-        record = json.loads(raw)
-        with session_factory(self.database_url)() as session:
-            principal = apikeys.principal_by_id(session, record["key_id"])
-        if principal is None:
+        try:
+            record = json.loads(raw)
+            key_id, csrf, expires, sig = (
+                str(record["key_id"]),
+                str(record["csrf"]),
+                int(record["expires"]),
+                str(record["sig"]),
+            )
+        except (ValueError, TypeError, KeyError):
+            found, key_id, csrf, expires, sig = None, "", "", 0, ""
+        else:
+            found = self._key_secret(key_id)
+        valid = (
+            found is not None
+            and expires > time.time()
+            and hmac.compare_digest(sig, _signature(found[1], name, key_id, csrf, expires))
+        )
+        if found is None or not valid:
             self.end(session_id)
             return None
-        return UISession(principal, record["csrf"])
+        return UISession(found[0], csrf)
 
     async def from_request(self, request: Request) -> UISession | None:
         session_id = request.cookies.get(COOKIE)

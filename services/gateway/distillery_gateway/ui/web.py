@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, Request
@@ -81,6 +81,32 @@ async def current_session(request: Request) -> UISession:
 
 
 SessionPage = Annotated[UISession, Depends(current_session)]
+
+
+class PageForbidden(Exception):
+    """Raised by `page_scope` when the session's key lacks the page's scope; answered with a 403 page."""
+
+    def __init__(self, session: UISession, scope: str):
+        self.session = session
+        self.scope = scope
+
+
+def page_scope(scope: str) -> Any:
+    """Dependency: the page's session, whose key must hold `scope` (the scope of the API reads it shows)."""
+
+    async def check(session: SessionPage) -> UISession:
+        if not session.principal.allows(scope):
+            raise PageForbidden(session, scope)
+        return session
+
+    check.required_scope = scope  # type: ignore[attr-defined]
+    return Depends(check)
+
+
+JobsPage = Annotated[UISession, page_scope("jobs:read")]
+TrainingPage = Annotated[UISession, page_scope("train:read")]
+ModelsPage = Annotated[UISession, page_scope("models:read")]
+PlaygroundPage = Annotated[UISession, page_scope("infer")]
 
 
 def render(

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import typer
 
-from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
 from distillery.datasets import SPLITS, DatasetError, dataset_file, load_jsonl
+from distillery.records import Example
 from distillery.store import examples as ex_store
 from distillery.store.db import session_scope
+from distillery_launcher.cli.common import fail, services
 
 app = typer.Typer(help="Import and inspect multiple-choice datasets.", no_args_is_help=True)
 
@@ -18,6 +19,25 @@ app = typer.Typer(help="Import and inspect multiple-choice datasets.", no_args_i
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         fail(f"--split '{split}' is not accepted (accepted: {', '.join(SPLITS)})")
+
+
+def split_examples(
+    dataset: str, split: str, limit: int | None = None, param: str = "DATASET"
+) -> list[Example]:
+    """The split from the datasets folder (or vendored sample), else from the database; `param` names
+    the dataset argument in the error."""
+    _check_split(split)
+    settings = get_settings()
+    try:
+        examples = load_jsonl(dataset_file(dataset, split, settings.datasets_dir))
+    except DatasetError as exc:
+        fail(str(exc))
+    except FileNotFoundError:
+        with services(settings) as urls, session_scope(urls.database_url) as session:
+            examples = [ex for _, ex in ex_store.load_examples(session, dataset, split)]
+        if not examples:
+            fail(f"{param} '{dataset}' has no '{split}' split in {settings.datasets_dir} or in the database")
+    return examples[:limit] if limit else examples
 
 
 @app.command("import")
@@ -75,3 +95,28 @@ def list_datasets() -> None:
         typer.echo("no datasets imported yet (try: distillery data import-shared arc)")
     for name, split, count in rows:
         typer.echo(f"{name:<12} {split:<6} {count:>7}")
+
+
+@app.command("export-lm-eval")
+def export_lm_eval(
+    dataset: str = typer.Argument(..., help="Dataset name (e.g. arc, obqa)."),
+    split: str = typer.Option("dev", "--split", help=f"One of {', '.join(SPLITS)}."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the task YAML and its JSONL."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="First N questions only."),
+) -> None:
+    """Write DATASET's split as an lm-evaluation-harness task that loads offline.
+
+    Run it with: lm_eval --include_path DIR --tasks TASK --model hf --model_args pretrained=MODEL_DIR
+    """
+    from distillery.lm_eval_export import export_task
+
+    examples = split_examples(dataset, split, limit)
+    if output.exists() and not output.is_dir():
+        fail(f"--output '{output}' exists and is not a folder")
+    task = export_task(examples, dataset, split, output)
+    typer.echo(f"{task.name}: {task.n} questions -> {task.yaml_path} (documents {task.docs_path})")
+    typer.echo(
+        f"run: lm_eval --include_path {output} --tasks {task.name} --model hf "
+        "--model_args pretrained=MODEL_DIR",
+        err=True,
+    )

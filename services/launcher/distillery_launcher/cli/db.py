@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from distillery_launcher.cli.common import services
 from distillery.store import migrate
+from distillery_launcher.cli.common import services
 
 app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 

@@ -15,7 +15,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -32,6 +34,24 @@ TEACHERS = ("smollm2-135m", "gemma3-270m")
 PAPER_TEACHERS = ("flan-t5-xl", "llama-2-7b-chat")
 KEY_LINE = re.compile(r"admin key\s+(\S+)")
 ASK_CONCURRENCY = 8
+INTRO = (
+    "distillery demo: CPU-size teachers (SmolLM2-135M-Instruct, Gemma-3-270M via llama.cpp) stand in "
+    "for the GPU teachers (vLLM serving 7B+ models) of a real deployment, and the paper's own FLAN-T5-XL "
+    "and LLaMA-2 rationales are added for the same questions. Training a 135M student on a few dozen "
+    "questions for a few minutes shows the pipeline working end to end; it is not expected to move "
+    "accuracy beyond noise (`distillery experiments run` measures the methods properly)."
+)
+JOB_FINISHED = {"completed", "completed_with_errors", "failed", "cancelled"}
+RUN_FINISHED = {"completed", "failed", "cancelled"}
+HYPERPARAMETERS = {
+    "learning_rate": 1e-4,
+    "batch_size": 4,
+    "epochs": 1,
+    "max_input_tokens": 128,
+    "max_target_tokens": 48,
+    "save_steps": 4,
+    "logging_steps": 1,
+}
 
 
 def _free_port(preferred: int) -> int:
@@ -90,6 +110,11 @@ class Stack:
                 time.sleep(1)
         raise RuntimeError(f"the stack did not come up in {timeout_s:.0f} s; see {self.log_path}")
 
+    def wait(self) -> None:
+        """Until the stack exits (Ctrl-C stops it)."""
+        if self.proc:
+            self.proc.wait()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -100,13 +125,22 @@ class Stack:
                 self.proc.wait()
 
 
+@dataclass
+class Gateway:
+    """The running stack as a client sees it: its URL, the admin key, a REST client."""
+
+    url: str
+    key: str
+    api: httpx.Client
+
+
 def _wait(
     client: httpx.Client,
     path: str,
     desc: str,
     unit: str,
-    total_of,
-    done_of,
+    total_of: Callable[[dict], int | None],
+    done_of: Callable[[dict], int],
     finished: set[str],
     timeout_s: float = 1800.0,
 ) -> dict:
@@ -126,12 +160,12 @@ def _wait(
             time.sleep(2)
 
 
-def _ask(base_url: str, key: str, model: str, questions: list[Example], desc: str) -> tuple[float, Counter]:
+def _ask(gw: Gateway, model: str, questions: list[Example], desc: str) -> tuple[float, Counter[str]]:
     """Accuracy of `model` on `questions`, asked through the official openai SDK, and its letter counts.
 
     Eight questions are in flight at a time, as concurrent users would send them: the gateway's
     micro-batcher answers them in shared batches (greedy answers are the same as one at a time)."""
-    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=5, timeout=300)
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key, max_retries=5, timeout=300)
 
     def pick(ex: Example) -> int | None:
         reply = client.chat.completions.create(
@@ -142,7 +176,7 @@ def _ask(base_url: str, key: str, model: str, questions: list[Example], desc: st
         )
         return parse_answer(reply.choices[0].message.content or "", list(ex.options))
 
-    correct, letters = 0, Counter()
+    correct, letters = 0, Counter[str]()
     with ThreadPoolExecutor(ASK_CONCURRENCY) as pool:
         picks = tqdm(pool.map(pick, questions), total=len(questions), desc=desc, unit="q")
         for ex, picked in zip(questions, picks, strict=True):
@@ -162,116 +196,31 @@ def demo(
     """Run the whole job: rationales from two live CPU teachers, TinyLLM training, promotion, questions."""
     settings = get_settings()
     started = time.monotonic()
-    typer.echo(
-        "distillery demo: CPU-size teachers (SmolLM2-135M-Instruct, Gemma-3-270M via llama.cpp) stand in "
-        "for the GPU teachers (vLLM serving 7B+ models) of a real deployment, and the paper's own FLAN-T5-XL "
-        "and LLaMA-2 rationales are added for the same questions. Training a 135M student on a few dozen "
-        "questions for a few minutes shows the pipeline working end to end; it is not expected to move "
-        "accuracy beyond noise (`distillery experiments run` measures the methods properly)."
-    )
+    typer.echo(INTRO)
     gateway_port = _free_port(port)
     stack = Stack(settings.home, gateway_port, _free_port(8100))
-    base_url = f"http://127.0.0.1:{gateway_port}"
     _say(f"starting the stack (log: {stack.log_path})")
     try:
-        key = stack.start()
-        _say(f"stack up in {time.monotonic() - started:.0f} s: gateway {base_url}")
-        api = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
-
-        _say("importing the vendored ARC sample and the paper's rationales for it")
+        gw = _start(stack, gateway_port, started)
         train = load_jsonl(sample_file("arc", "train"))[:questions]
         dev_set = load_jsonl(sample_file("arc", "dev"))[:dev]
-        import_job = _import_sample(api, train)
-
-        _say(f"rationale job: {len(train)} questions x {len(TEACHERS)} live teachers, over REST")
-        job = (
-            api.post(
-                "/v1/rationale-jobs",
-                headers={"Idempotency-Key": f"demo-{len(train)}"},
-                json={
-                    "dataset": "arc",
-                    "split": "train",
-                    "ids": [ex.id for ex in train],
-                    "teachers": list(TEACHERS),
-                    "in_context": {"strategy": "random", "k": 2},
-                    "generation": {"max_tokens": 64},
-                },
-            )
-            .raise_for_status()
-            .json()
-        )
-        job = _wait(
-            api,
-            f"/v1/rationale-jobs/{job['id']}",
-            "teacher rationales",
-            "rationale",
-            lambda b: b["total"],
-            lambda b: b["done"] + b["failed"],
-            {"completed", "completed_with_errors", "failed", "cancelled"},
-        )
-        for p in job["progress"]:
-            typer.echo(
-                f"    {p['teacher']:<16} {p['done']}/{p['total']} done, {p['failed']} failed, "
-                f"{p['completion_tokens']} tokens"
-            )
-
-        untrained = api.get("/v1/models").raise_for_status().json()["data"][0]["id"]
-        before, before_letters = _ask(base_url, key, untrained, dev_set, f"before: {untrained}, untrained")
-
-        _say("training SmolLM2-135M with TinyLLM (answer task + one task per teacher)")
-        run = (
-            api.post(
-                "/v1/training-runs",
-                json={
-                    "student": "smollm2-135m",
-                    "method": "tinyllm",
-                    "dataset": "arc",
-                    "split": "train",
-                    "limit": len(train),
-                    "rationale_jobs": [job["id"], import_job],
-                    "alpha": 0.5,
-                    "model_name": "arc-demo",
-                    "hyperparameters": {
-                        "learning_rate": 1e-4,
-                        "batch_size": 4,
-                        "epochs": 1,
-                        "max_input_tokens": 128,
-                        "max_target_tokens": 48,
-                        "save_steps": 4,
-                        "logging_steps": 1,
-                    },
-                    "eval": {"split": None},
-                },
-            )
-            .raise_for_status()
-            .json()
-        )
-        run = _wait(
-            api,
-            f"/v1/training-runs/{run['id']}",
-            "training",
-            "step",
-            lambda b: b["total_steps"],
-            lambda b: b["step"],
-            {"completed", "failed", "cancelled"},
-        )
-        if run["status"] != "completed" or not run.get("model_id"):
-            raise RuntimeError(f"training run {run['id']} ended {run['status']}: {run.get('error')}")
-
-        _say("promoting the trained student; the gateway hot-swaps to it")
-        promoted = api.post(f"/v1/registry/models/{run['model_id']}/promote").raise_for_status().json()
-        served = _wait_served(api, promoted["model"])
-
-        after, after_letters = _ask(base_url, key, served, dev_set, "after: distilled student")
+        _say("importing the vendored ARC sample and the paper's rationales for it")
+        import_job = _import_sample()
+        job_id = _rationale_job(gw, train)
+        untrained = gw.api.get("/v1/models").raise_for_status().json()["data"][0]["id"]
+        before, before_letters = _ask(gw, untrained, dev_set, f"before: {untrained}, untrained")
+        model_id = _train_student(gw, len(train), [job_id, import_job])
+        model_path, served = _promote(gw, model_id)
+        after, after_letters = _ask(gw, served, dev_set, "after: distilled student")
         _table(len(dev_set), before, before_letters, after, after_letters, served)
         typer.echo(
-            f"\nartifacts: model {promoted.get('path')}, runs under {settings.artifacts}, "
+            f"\nartifacts: model {model_path}, runs under {settings.artifacts}, "
             f"data under {settings.home}, stack log {stack.log_path}"
         )
         typer.echo(f"demo finished in {(time.monotonic() - started) / 60:.1f} min")
         if keep:
-            typer.echo(f"stack still running at {base_url} (admin key {key}); Ctrl-C stops it")
-            stack.proc.wait()
+            typer.echo(f"stack still running at {gw.url} (admin key {gw.key}); Ctrl-C stops it")
+            stack.wait()
     except (httpx.HTTPError, openai.APIError, RuntimeError) as exc:
         detail = exc.response.text if isinstance(exc, httpx.HTTPStatusError) else str(exc)
         typer.secho(f"demo failed: {detail}", fg=typer.colors.RED, err=True)
@@ -282,13 +231,89 @@ def demo(
         stack.stop()
 
 
-def _import_sample(api: httpx.Client, train: list[Example]) -> str:
+def _start(stack: Stack, gateway_port: int, started: float) -> Gateway:
+    """Start the stack; the gateway once it answers, with the admin key the stack printed."""
+    url = f"http://127.0.0.1:{gateway_port}"
+    key = stack.start()
+    _say(f"stack up in {time.monotonic() - started:.0f} s: gateway {url}")
+    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    return Gateway(url, key, api)
+
+
+def _rationale_job(gw: Gateway, train: list[Example]) -> str:
+    """Rationales for `train` from the live teachers, over REST; the job's id once it ends."""
+    _say(f"rationale job: {len(train)} questions x {len(TEACHERS)} live teachers, over REST")
+    body = {
+        "dataset": "arc",
+        "split": "train",
+        "ids": [ex.id for ex in train],
+        "teachers": list(TEACHERS),
+        "in_context": {"strategy": "random", "k": 2},
+        "generation": {"max_tokens": 64},
+    }
+    headers = {"Idempotency-Key": f"demo-{len(train)}"}
+    job = gw.api.post("/v1/rationale-jobs", headers=headers, json=body).raise_for_status().json()
+    job = _wait(
+        gw.api,
+        f"/v1/rationale-jobs/{job['id']}",
+        "teacher rationales",
+        "rationale",
+        lambda b: b["total"],
+        lambda b: b["done"] + b["failed"],
+        JOB_FINISHED,
+    )
+    for p in job["progress"]:
+        typer.echo(
+            f"    {p['teacher']:<16} {p['done']}/{p['total']} done, {p['failed']} failed, "
+            f"{p['completion_tokens']} tokens"
+        )
+    return str(job["id"])
+
+
+def _train_student(gw: Gateway, limit: int, rationale_jobs: list[str]) -> str:
+    """Train the student with TinyLLM on the jobs' rationales; the trained model's registry id."""
+    _say("training SmolLM2-135M with TinyLLM (answer task + one task per teacher)")
+    body = {
+        "student": "smollm2-135m",
+        "method": "tinyllm",
+        "dataset": "arc",
+        "split": "train",
+        "limit": limit,
+        "rationale_jobs": rationale_jobs,
+        "alpha": 0.5,
+        "model_name": "arc-demo",
+        "hyperparameters": HYPERPARAMETERS,
+        "eval": {"split": None},
+    }
+    run = gw.api.post("/v1/training-runs", json=body).raise_for_status().json()
+    run = _wait(
+        gw.api,
+        f"/v1/training-runs/{run['id']}",
+        "training",
+        "step",
+        lambda b: b["total_steps"],
+        lambda b: b["step"],
+        RUN_FINISHED,
+    )
+    if run["status"] != "completed" or not run.get("model_id"):
+        raise RuntimeError(f"training run {run['id']} ended {run['status']}: {run.get('error')}")
+    return str(run["model_id"])
+
+
+def _promote(gw: Gateway, model_id: str) -> tuple[str | None, str]:
+    """Promote the trained model and wait until the gateway serves it; (its path, its served name)."""
+    _say("promoting the trained student; the gateway hot-swaps to it")
+    promoted = gw.api.post(f"/v1/registry/models/{model_id}/promote").raise_for_status().json()
+    return promoted.get("path"), _wait_served(gw.api, promoted["model"])
+
+
+def _import_sample() -> str:
     """Import the vendored ARC sample and the paper's rationales for it; return the import job id."""
     from distillery.datasets import SAMPLES_DIR
-    from distillery_launcher.embedded import running_services
     from distillery.store import examples as ex_store
     from distillery.store.db import session_scope
     from distillery.store.rationales import import_rationale_file
+    from distillery_launcher.embedded import running_services
 
     with running_services(get_settings()) as urls, session_scope(urls.database_url) as session:
         for split in ("train", "dev"):

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
+from distillery_launcher.cli.common import fail, require_choice, services
+
+if TYPE_CHECKING:
+    from distillery.distill.experiments import Preset
 
 app = typer.Typer(
     help="Reproduce the shape of the paper's experiments at a size this machine runs.", no_args_is_help=True
 )
 
 
-def _presets():
+def _presets() -> dict[str, Preset]:
     from distillery.distill.experiments import PRESETS
 
     return PRESETS
@@ -36,7 +41,7 @@ def presets() -> None:
 
 @app.command("run")
 def run(
-    preset: str = typer.Option("cpu-small", "--preset", help="smoke, cpu-small or paper."),
+    preset: str = typer.Option("cpu-small", "--preset", help="smoke, cpu-small, cpu-evidence or paper."),
     datasets: str | None = typer.Option(None, "--datasets", help="Comma-separated (default: the preset's)."),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Report folder (default ARTIFACTS/experiments/PRESET)."
@@ -56,8 +61,7 @@ def run(
     from distillery.distill.report import markdown, plots
 
     presets_ = _presets()
-    if preset not in presets_:
-        fail(f"--preset '{preset}' is not accepted (accepted: {', '.join(presets_)})")
+    require_choice("--preset", preset, list(presets_))
     chosen = presets_[preset]
     names = [d.strip() for d in (datasets.split(",") if datasets else chosen.datasets) if d.strip()]
     settings = get_settings()
@@ -67,7 +71,7 @@ def run(
                 dataset_file(name, split, settings.datasets_dir)
             except (FileNotFoundError, ValueError) as exc:
                 fail(f"--datasets: {exc}")
-    jobs = {}
+    jobs: dict[str, str] = {}
     for item in no_incontext_job:
         dataset, sep, job = item.partition("=")
         if not sep or not job:
@@ -75,13 +79,18 @@ def run(
         jobs[dataset] = job
     student_name = student or chosen.student
     if locate_student(None, student_name) is None and not dry_run:
+        if student is None:
+            fail(
+                f"preset {preset} trains '{student_name}', whose weights are not on this machine (no package "
+                f"ships them): download them elsewhere and pass --student DIR (an HF model directory)"
+            )
         fail(
             f"--student '{student_name}' is not a known model name or an HF model directory (preset {preset})"
         )
-    grid = ex.plan(chosen, names, student_name, jobs)
+    grid = ex.plan(chosen, names, student_name, jobs, ex.rationale_teachers(names, settings))
     typer.echo(f"preset {preset}: {len(grid)} configurations on {', '.join(names)} with {student_name}")
-    for item in grid:
-        typer.echo(f"  {item.key}")
+    for experiment in grid:
+        typer.echo(f"  {experiment.key}")
     if dry_run:
         return
     out_dir = output or settings.artifacts / "experiments" / preset
@@ -112,7 +121,16 @@ def run(
         raise typer.Exit(1)
 
 
-def _write_report(results, preset, student, data_lines, minutes, out_dir: Path, markdown, plots) -> None:
+def _write_report(
+    results: list[dict],
+    preset: Preset,
+    student: str,
+    data_lines: list[str],
+    minutes: float,
+    out_dir: Path,
+    markdown: Callable[..., str],
+    plots: Callable[[list[dict], Path], Any],
+) -> None:
     (out_dir / "results.md").write_text(markdown(results, preset, student, data_lines, minutes))
     plots(results, out_dir)
     body = {

@@ -8,8 +8,8 @@ import tempfile
 
 import typer
 
-from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
+from distillery_launcher.cli.common import require_choice, services
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 APP = "distillery_gateway.app:create_app"
@@ -28,8 +28,7 @@ def gateway(
     """Serve the REST + OpenAI-compatible API against DATABASE_URL / REDIS_URL (or the embedded servers)."""
     import uvicorn
 
-    if log_level.lower() not in LOG_LEVELS:
-        fail(f"--log-level '{log_level}' is not accepted (accepted: {', '.join(LOG_LEVELS)})")
+    require_choice("--log-level", log_level, LOG_LEVELS, ignore_case=True)
     settings = get_settings()
     with services() as urls:
         # The factory reads its settings from the environment in every worker process.

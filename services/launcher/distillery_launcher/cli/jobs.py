@@ -7,15 +7,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import typer
 from tqdm import tqdm
 
-from distillery_launcher.cli.common import fail
 from distillery.config import get_settings
 from distillery.datasets import SPLITS
 from distillery.rationales.incontext import STRATEGIES
+from distillery_launcher.cli.common import fail, require_choice
 
 app = typer.Typer(
     help="Rationale jobs on the gateway: submit, status, watch, cancel, export.", no_args_is_help=True
@@ -23,15 +24,19 @@ app = typer.Typer(
 
 FINISHED = ("completed", "completed_with_errors", "cancelled", "failed")
 
-GatewayOpt = typer.Option(None, "--gateway-url", help="Gateway base URL (default: settings.gateway_url).")
-KeyOpt = typer.Option(
-    None, "--api-key", envvar="DISTILLERY_API_KEY", help="API key (default: settings.api_key)."
-)
+JobId = Annotated[str, typer.Argument(help="The job's id.")]
+GatewayUrl = Annotated[
+    str | None, typer.Option("--gateway-url", help="Gateway base URL (default: settings.gateway_url).")
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="DISTILLERY_API_KEY", help="API key (default: settings.api_key)."),
+]
 
 
 @contextmanager
 def gateway_client(
-    gateway_url: str | None, api_key: str | None, timeout: float = 30.0
+    gateway_url: str | None, api_key: str | None, timeout: float | None = 30.0
 ) -> Iterator[httpx.Client]:
     settings = get_settings()
     key = api_key or settings.api_key
@@ -58,7 +63,16 @@ def _checked(response: httpx.Response) -> dict:
     except (ValueError, KeyError, TypeError):
         message = response.text[:500]
     fail(f"{response.status_code}: {message}")
-    raise AssertionError  # unreachable: fail() exits
+
+
+@contextmanager
+def _stream(client: httpx.Client, path: str, params: dict | None = None) -> Iterator[httpx.Response]:
+    """A streamed GET, or exit with the gateway's error message."""
+    with client.stream("GET", path, params=params) as response:
+        if not response.is_success:
+            response.read()
+            _checked(response)
+        yield response
 
 
 def _summary(job: dict) -> str:
@@ -102,14 +116,12 @@ def submit(
         None, "--idempotency-key", help="Submitting again with the same key returns the same job."
     ),
     watch_: bool = typer.Option(False, "--watch", help="Follow the job's progress until it ends."),
-    gateway_url: str | None = GatewayOpt,
-    api_key: str | None = KeyOpt,
+    gateway_url: GatewayUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Queue a rationale job; prints its id (and follows it with --watch)."""
-    if split not in SPLITS:
-        fail(f"--split '{split}' is not accepted (accepted: {', '.join(SPLITS)})")
-    if strategy not in STRATEGIES:
-        fail(f"--strategy '{strategy}' is not accepted (accepted: {', '.join(STRATEGIES)})")
+    require_choice("--split", split, SPLITS)
+    require_choice("--strategy", strategy, STRATEGIES)
     if ids is not None and limit is not None:
         fail("give either --limit or --ids, not both")
     body: dict = {
@@ -139,10 +151,10 @@ def submit(
 
 @app.command()
 def status(
-    job_id: str = typer.Argument(..., help="The job's id."),
+    job_id: JobId,
     as_json: bool = typer.Option(False, "--json", help="Print the full JSON view."),
-    gateway_url: str | None = GatewayOpt,
-    api_key: str | None = KeyOpt,
+    gateway_url: GatewayUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """A job's status, per-teacher progress, token usage and first errors."""
     with gateway_client(gateway_url, api_key) as client:
@@ -153,8 +165,8 @@ def status(
 @app.command("list")
 def list_jobs(
     limit: int = typer.Option(20, "--limit", min=1, max=100),
-    gateway_url: str | None = GatewayOpt,
-    api_key: str | None = KeyOpt,
+    gateway_url: GatewayUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """The newest jobs."""
     with gateway_client(gateway_url, api_key) as client:
@@ -168,7 +180,7 @@ def list_jobs(
 
 def _events(response: httpx.Response) -> Iterator[tuple[str, str]]:
     """(event, data) pairs of a server-sent event stream."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     for line in response.iter_lines():
         if not line:
             if data:
@@ -186,46 +198,35 @@ def _events(response: httpx.Response) -> Iterator[tuple[str, str]]:
 
 
 @app.command()
-def watch(
-    job_id: str = typer.Argument(..., help="The job's id."),
-    gateway_url: str | None = GatewayOpt,
-    api_key: str | None = KeyOpt,
-) -> None:
+def watch(job_id: JobId, gateway_url: GatewayUrl = None, api_key: ApiKey = None) -> None:
     """Follow a job's progress (server-sent events) with a progress bar; exit 0 if it completes cleanly."""
     job: dict | None = None
     with (
-        gateway_client(gateway_url, api_key, timeout=None) as client,  # type: ignore[arg-type]
-        client.stream("GET", f"/v1/rationale-jobs/{job_id}/events") as response,
+        gateway_client(gateway_url, api_key, timeout=None) as client,
+        _stream(client, f"/v1/rationale-jobs/{job_id}/events") as response,
+        tqdm(total=None, unit="rationale", desc=job_id[:8], file=sys.stderr) as bar,
     ):
-        if not response.is_success:
-            response.read()
-            _checked(response)
-        with tqdm(total=None, unit="rationale", desc=job_id[:8], file=sys.stderr) as bar:
-            for event, data in _events(response):
-                if event not in ("progress", "end"):
-                    continue
-                job = json.loads(data)
-                bar.total = job["total"]
-                bar.n = job["done"] + job["failed"]
-                bar.set_postfix_str(
-                    f"{job['status']}, failed {job['failed']}, tokens {job['usage']['total_tokens']}"
-                )
-                bar.refresh()
-                if event == "end":
-                    break
+        for event, data in _events(response):
+            if event not in ("progress", "end"):
+                continue
+            job = json.loads(data)
+            bar.total = job["total"]
+            bar.n = job["done"] + job["failed"]
+            bar.set_postfix_str(
+                f"{job['status']}, failed {job['failed']}, tokens {job['usage']['total_tokens']}"
+            )
+            bar.refresh()
+            if event == "end":
+                break
     if job is None:
         fail(f"the event stream of job {job_id} ended without news")
-    typer.echo(_summary(job))  # type: ignore[arg-type]
-    if job["status"] != "completed":  # type: ignore[index]
+    typer.echo(_summary(job))
+    if job["status"] != "completed":
         raise typer.Exit(1)
 
 
 @app.command()
-def cancel(
-    job_id: str = typer.Argument(..., help="The job's id."),
-    gateway_url: str | None = GatewayOpt,
-    api_key: str | None = KeyOpt,
-) -> None:
+def cancel(job_id: JobId, gateway_url: GatewayUrl = None, api_key: ApiKey = None) -> None:
     """Cancel a job: no further teacher calls; rationales already stored stay."""
     with gateway_client(gateway_url, api_key) as client:
         job = _checked(client.post(f"/v1/rationale-jobs/{job_id}/cancel"))
@@ -234,24 +235,21 @@ def cancel(
 
 @app.command()
 def export(
-    job_id: str = typer.Argument(..., help="The job's id."),
+    job_id: JobId,
     output: Path | None = typer.Option(None, "--output", "-o", help="File to write (default: stdout)."),
     teacher: list[str] | None = typer.Option(
         None, "--teacher", "-t", help="Only these teachers, in this order."
     ),
-    gateway_url: str | None = GatewayOpt,
-    api_key: str | None = KeyOpt,
+    gateway_url: GatewayUrl = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Write a job's rationales as JSON Lines in the ../shared/rationales format."""
     params: dict = {"format": "jsonl"}
     if teacher:
         params["teacher"] = teacher
-    with gateway_client(gateway_url, api_key, timeout=None) as client:  # type: ignore[arg-type]
+    with gateway_client(gateway_url, api_key, timeout=None) as client:
         total = _checked(client.get(f"/v1/rationale-jobs/{job_id}"))["done"]
-        with client.stream("GET", f"/v1/rationale-jobs/{job_id}/export", params=params) as response:
-            if not response.is_success:
-                response.read()
-                _checked(response)
+        with _stream(client, f"/v1/rationale-jobs/{job_id}/export", params) as response:
             sink = output.open("w", encoding="utf-8") if output else sys.stdout
             written = 0
             try:

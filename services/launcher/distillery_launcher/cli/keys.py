@@ -5,9 +5,9 @@ from __future__ import annotations
 import typer
 
 from distillery import apikeys
-from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
 from distillery.store.db import session_scope
+from distillery_launcher.cli.common import fail, services
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 

@@ -7,6 +7,7 @@ import logging
 import typer
 
 from distillery import __version__
+from distillery.config import get_settings
 from distillery_launcher.cli import data, db, demo, keys, models, services, teachers, up
 from distillery_launcher.cli import eval as eval_cli
 from distillery_launcher.cli import experiments as experiments_cli
@@ -15,7 +16,6 @@ from distillery_launcher.cli import jobs as jobs_cli
 from distillery_launcher.cli import train as train_cli
 from distillery_launcher.cli import trainer as trainer_cli
 from distillery_launcher.cli import worker as worker_cli
-from distillery.config import get_settings
 
 app = typer.Typer(
     help="Distil several teacher LLMs into one small student (TinyLLM) and serve it.",

@@ -7,8 +7,8 @@ from typing import Any
 
 import typer
 
-from distillery_launcher import embedded
 from distillery.config import get_settings
+from distillery_launcher import embedded
 
 app = typer.Typer(
     help="Embedded PostgreSQL and Redis, used when DATABASE_URL / REDIS_URL are unset.",
@@ -57,6 +57,17 @@ def start_command() -> None:
                 server.release()
             if started:
                 typer.echo("stopped.")
+
+
+@app.command("run", hidden=True)
+def run_command(
+    server: str = typer.Argument(..., help="postgres or redis."),
+) -> None:
+    """Run one embedded server in the foreground (what `distillery up` supervises)."""
+    if server not in ("postgres", "redis"):
+        typer.secho(f"error: SERVER '{server}' is not accepted (accepted: postgres, redis)", err=True)
+        raise typer.Exit(2)
+    embedded.exec_foreground(server, get_settings())
 
 
 @app.command("stop")

@@ -7,12 +7,12 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
 from distillery.datasets import SAMPLES_DIR, SPLITS, DatasetError, dataset_file, load_jsonl
 from distillery.store import examples as ex_store
 from distillery.store.db import session_scope
 from distillery.teachers.base import API_STYLES, BACKENDS, GenerationParams, TeacherSpec
+from distillery_launcher.cli.common import fail, services
 
 app = typer.Typer(
     help="Run the local teacher server, register teachers, import rationales.", no_args_is_help=True

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import typer
 from pydantic import ValidationError
 
-from distillery_launcher.cli.common import fail, services
 from distillery.config import get_settings
 from distillery.distill.config import METHODS, TrainConfig
+from distillery_launcher.cli.common import fail, services
+from distillery_launcher.cli.train_options import TrainOptions
 
 FOLLOW_POLL_S = 2.0
 
@@ -25,29 +25,11 @@ def describe_validation(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def _alphas(text: str | None) -> dict[str, float]:
-    if not text:
-        return {}
-    out: dict[str, float] = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            fail(
-                f"--alphas: '{item}' is not NAME=NUMBER (example: --alphas flan-t5-xl=0.5,llama-2-7b-chat=1)"
-            )
-    return out
-
-
 def build_config(body: dict) -> TrainConfig:
     try:
         return TrainConfig.model_validate(body)
     except ValidationError as exc:
         fail(describe_validation(exc))
-        raise  # unreachable: fail() exits
 
 
 def print_summary(run: dict) -> None:
@@ -90,13 +72,15 @@ def run_local(cfg: TrainConfig, idempotency_key: str | None) -> dict:
         )
         execute_run(urls.database_url, run_id, settings, progress_bar=True)
         with session_scope(urls.database_url) as session:
-            row = run_store.get_run(session, run_id)
+            done = run_store.get_run(session, run_id)
+            if done is None:
+                fail(f"run {run_id} is gone from the database")
             return {
-                "id": row.id,
-                "status": row.status,
-                "metrics": row.metrics,
-                "error": row.error,
-                "output_dir": row.output_dir,
+                "id": done.id,
+                "status": done.status,
+                "metrics": done.metrics,
+                "error": done.error,
+                "output_dir": done.output_dir,
             }
 
 
@@ -168,7 +152,17 @@ def train(
     drop_truncated: bool = typer.Option(False, "--drop-truncated/--keep-truncated"),
     drop_disagreeing: bool = typer.Option(True, "--drop-disagreeing/--keep-disagreeing"),
     samples_per_teacher: int = typer.Option(1, "--samples-per-teacher"),
-    shuffle_options: bool = typer.Option(False, "--shuffle-options"),
+    shuffle_options: bool = typer.Option(
+        True, "--shuffle-options/--keep-option-order", help="Shuffle the answer task's options (seeded)."
+    ),
+    answer_format: str = typer.Option(
+        "option_text", "--answer-format", help="Answer target: option_text (official) or letter_text."
+    ),
+    lr_scheduler: str = typer.Option(
+        "auto",
+        "--lr-scheduler",
+        help="auto (constant below 200 steps, else linear), linear, constant, cosine.",
+    ),
     eval_split: str = typer.Option("dev", "--eval-split", help="Split to evaluate on, or 'none'."),
     eval_limit: int | None = typer.Option(None, "--eval-limit"),
     likelihood: bool = typer.Option(
@@ -186,56 +180,12 @@ def train(
     ),
 ) -> None:
     """Train a student (TinyLLM, label fine-tuning, LoRA) or only evaluate it (inference_only)."""
-    if config_file is not None:
-        try:
-            body = json.loads(config_file.read_text())
-        except (OSError, ValueError) as exc:
-            fail(f"--config {config_file}: {exc}")
+    opts = TrainOptions(**locals())  # first line: locals() holds exactly the options here
+    cfg = build_config(opts.request_body())
+    if opts.local:
+        run = run_local(cfg, opts.idempotency_key)
     else:
-        if not dataset:
-            fail("--dataset is required (a stored dataset, e.g. arc; see `distillery data list`)")
-        body = {
-            "student": student,
-            "method": method,
-            "dataset": dataset,
-            "split": split,
-            "limit": limit,
-            "rationale_jobs": jobs,
-            "teachers": teachers or None,
-            "alpha": alpha,
-            "alphas": _alphas(alphas),
-            "answer_weight": answer_weight,
-            "lora": {"r": lora_r} if (lora or method == "lora") else None,
-            "hyperparameters": {
-                "learning_rate": learning_rate,
-                "epochs": epochs,
-                "max_steps": max_steps,
-                "batch_size": batch_size,
-                "grad_accum": grad_accum,
-                "seed": seed,
-                "max_input_tokens": max_input_tokens,
-                "max_target_tokens": max_target_tokens,
-                "save_steps": save_steps,
-                "logging_steps": logging_steps,
-                "precision": precision,
-            },
-            "filters": {
-                "drop_truncated": drop_truncated,
-                "drop_disagreeing": drop_disagreeing,
-                "samples_per_teacher": samples_per_teacher,
-                "shuffle_options": shuffle_options,
-            },
-            "eval": {
-                "split": None if eval_split.lower() == "none" else eval_split,
-                "limit": eval_limit,
-                "likelihood": likelihood,
-                "calibrate": likelihood,
-                "explain": explain,
-            },
-            "model_name": model_name,
-        }
-    cfg = build_config(body)
-    run = run_local(cfg, idempotency_key) if local else submit(cfg, idempotency_key, follow)
+        run = submit(cfg, opts.idempotency_key, opts.follow)
     if run["status"] in ("completed", "failed", "cancelled"):
         print_summary(run)
     if run["status"] == "failed":

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import typer
 
-from distillery_launcher.cli.common import fail, services
 from distillery.queue import QUEUE_RATIONALES
+from distillery_launcher.cli.common import LOG_LEVELS, require_choice, run_service
 
 POOLS = ("threads", "prefork", "solo")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def worker(
@@ -23,19 +20,8 @@ def worker(
     ),
 ) -> None:
     """Run a rationale worker against DATABASE_URL / REDIS_URL (or the embedded servers)."""
-    if loglevel.upper() not in LOG_LEVELS:
-        fail(f"--loglevel '{loglevel}' is not accepted (accepted: {', '.join(LOG_LEVELS)})")
-    if pool not in POOLS:
-        fail(f"--pool '{pool}' is not accepted (accepted: {', '.join(POOLS)})")
-    with services() as urls:
-        env = {**os.environ, "DATABASE_URL": urls.database_url, "REDIS_URL": urls.redis_url}
-        argv = [sys.executable, "-m", "distillery_worker", "--concurrency", str(concurrency)]
-        argv += ["--loglevel", loglevel.upper(), "--pool", pool]
-        typer.echo(f"worker on queue '{QUEUE_RATIONALES}' ({pool} pool, concurrency {concurrency})", err=True)
-        # A child process rather than an in-process worker: the embedded servers above stay owned by
-        # this process and stop when the worker does.
-        try:
-            code = subprocess.call(argv, env=env)
-        except KeyboardInterrupt:
-            code = 130
-    raise typer.Exit(code)
+    require_choice("--loglevel", loglevel, LOG_LEVELS, ignore_case=True)
+    require_choice("--pool", pool, POOLS)
+    argv = [sys.executable, "-m", "distillery_worker", "--concurrency", str(concurrency)]
+    argv += ["--loglevel", loglevel.upper(), "--pool", pool]
+    run_service(argv, f"worker on queue '{QUEUE_RATIONALES}' ({pool} pool, concurrency {concurrency})")

@@ -7,14 +7,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from distillery_gateway.openai.protocol import (
-    ChoiceCount,
+    GenerationRequest,
+    GenerationResponse,
     OpenAIModel,
-    Penalty,
-    Seed,
-    Stop,
-    StreamOptions,
-    Temperature,
-    TopP,
     UsageInfo,
 )
 
@@ -37,10 +32,10 @@ ContentPart = Annotated[TextContentPart | OtherContentPart, Field(discriminator=
 class ChatMessage(OpenAIModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | Annotated[list[ContentPart], Field(min_length=1)] | None = None
-    name: str | None = Field(None, max_length=64)
+    name: str | None = Field(default=None, max_length=64)
     refusal: str | None = None
     tool_call_id: str | None = None
-    tool_calls: list[dict[str, Any]] | None = Field(None, description="Not supported (only empty).")
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, description="Not supported (only empty).")
 
 
 class ResponseFormat(OpenAIModel):
@@ -48,32 +43,29 @@ class ResponseFormat(OpenAIModel):
     json_schema: dict[str, Any] | None = None
 
 
-class ChatCompletionRequest(OpenAIModel):
+class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
-    model: str = Field(min_length=1, description="A served model id or alias (see GET /v1/models).")
-    frequency_penalty: Penalty | None = 0.0
-    logit_bias: dict[str, float] | None = Field(None, description="Not supported (only empty).")
-    logprobs: bool | None = Field(False, description="Return the chosen tokens' log-probabilities.")
+    logprobs: bool | None = Field(default=False, description="Return the chosen tokens' log-probabilities.")
     top_logprobs: int | None = Field(
-        None, ge=0, le=20, description="Alternatives per token (needs logprobs)."
+        default=None, ge=0, le=20, description="Alternatives per token (needs logprobs)."
     )
-    max_tokens: int | None = Field(None, ge=1, description="Deprecated alias of max_completion_tokens.")
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Deprecated alias of max_completion_tokens."
+    )
     max_completion_tokens: int | None = Field(
-        None, ge=1, description="Tokens to generate; unset = the rest of the context, capped by the server."
+        default=None,
+        ge=1,
+        description="Tokens to generate; unset = the rest of the context, capped by the server.",
     )
-    n: ChoiceCount | None = 1
-    presence_penalty: Penalty | None = 0.0
-    response_format: ResponseFormat | None = Field(None, description="Only `text` is supported.")
-    seed: Seed | None = None
-    stop: Stop = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    temperature: Temperature | None = 1.0
-    top_p: TopP | None = 1.0
-    tools: list[dict[str, Any]] | None = Field(None, description="Not supported (only empty).")
-    tool_choice: str | dict[str, Any] | None = Field(None, description="Only `none` (or unset) is supported.")
+    response_format: ResponseFormat | None = Field(default=None, description="Only `text` is supported.")
+    tools: list[dict[str, Any]] | None = Field(default=None, description="Not supported (only empty).")
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description="Only `none` (or unset) is supported."
+    )
     parallel_tool_calls: bool | None = None
-    user: str | None = Field(None, max_length=256)
+
+
+ChatFinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
 class TopLogprob(BaseModel):
@@ -100,20 +92,21 @@ class AssistantMessage(BaseModel):
     refusal: str | None = None
 
 
-class ChatCompletionChoice(BaseModel):
+class ChoiceBase(BaseModel):
+    """What a choice and a streamed choice share."""
+
     index: int
-    message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatCompletionChoice(ChoiceBase):
+    message: AssistantMessage
+    finish_reason: ChatFinishReason
+
+
+class ChatCompletionResponse(GenerationResponse):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatCompletionChoice]
-    system_fingerprint: str | None = None
     usage: UsageInfo
 
 
@@ -122,20 +115,14 @@ class DeltaMessage(BaseModel):
     content: str | None = None
 
 
-class ChatCompletionStreamChoice(BaseModel):
-    index: int
+class ChatCompletionStreamChoice(ChoiceBase):
     delta: DeltaMessage
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"] | None = None
+    finish_reason: ChatFinishReason | None = None
 
 
-class ChatCompletionStreamResponse(BaseModel):
+class ChatCompletionStreamResponse(GenerationResponse):
     """One server-sent event of a streamed chat completion; the stream ends with `data: [DONE]`."""
 
-    id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatCompletionStreamChoice]
-    system_fingerprint: str | None = None
     usage: UsageInfo | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import cast
 
 from fastapi.responses import Response
 
@@ -17,6 +18,7 @@ from distillery_gateway.openai.chat_completion.protocol import (
     ChatCompletionResponse,
     ChatCompletionStreamChoice,
     ChatCompletionStreamResponse,
+    ChatFinishReason,
     ChatMessage,
     ChoiceLogprobs,
     DeltaMessage,
@@ -64,17 +66,13 @@ def chat_logprobs(tokens: list[EngineLogprob] | None) -> ChoiceLogprobs | None:
 
 class ChatServing(ServingBase):
     def check_supported(self, req: ChatCompletionRequest) -> None:
+        self.check_generation(req)
         if req.tools:
             raise self.unsupported("tools", "null or []")
         if req.tool_choice not in (None, "none"):
             raise self.unsupported("tool_choice", "null or 'none'")
         if req.response_format is not None and req.response_format.type != "text":
             raise self.unsupported("response_format", "{'type': 'text'}")
-        if req.logit_bias:
-            raise self.unsupported("logit_bias", "null or {}")
-        for name in ("frequency_penalty", "presence_penalty"):
-            if getattr(req, name):
-                raise self.unsupported(name, "0")
         if req.top_logprobs is not None and not req.logprobs:
             raise APIError(
                 400, "top_logprobs: needs logprobs set to true", param="top_logprobs", code="invalid_value"
@@ -84,20 +82,6 @@ class ChatServing(ServingBase):
         for i, message in enumerate(req.messages):
             if message.tool_calls:
                 raise self.unsupported(f"messages.{i}.tool_calls", "null or []")
-
-    def params(self, req: ChatCompletionRequest, max_tokens: int) -> SamplingParams:
-        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-        temperature = req.temperature if req.temperature is not None else 1.0
-        top_p = req.top_p if req.top_p is not None else 1.0
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=0.0 if top_p == 0.0 else temperature,
-            top_p=top_p or 1.0,
-            stop=stop,
-            seed=req.seed,
-            n=req.n or 1,
-            logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-        )
 
     async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | Response:
         self.check_supported(req)
@@ -116,11 +100,13 @@ class ChatServing(ServingBase):
                     code="invalid_value",
                 ) from None
             wanted = req.max_completion_tokens or req.max_tokens
-            params = self.params(req, self.max_tokens(backend, len(prompt_ids), wanted, "messages"))
+            max_tokens = self.max_tokens(backend, len(prompt_ids), wanted, "messages")
+            if req.logprobs:
+                max_tokens = self.bound_logprobs(max_tokens, wanted, req.n or 1)
+            params = self.sampling(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
             if req.stream:
                 with engine_errors(self.manager):
-                    stream = backend.stream(prompt_ids, params)
-                stack.push_async_callback(stream.aclose)
+                    stream = self.close_with(stack, backend.stream(prompt_ids, params))
                 streaming = True
                 include_usage = bool(req.stream_options and req.stream_options.include_usage)
                 return self.sse(stack, self._events(served.id, params, stream, include_usage))
@@ -136,17 +122,12 @@ class ChatServing(ServingBase):
             ChatCompletionChoice(
                 index=i,
                 message=AssistantMessage(content=c.text),
-                finish_reason=c.finish_reason,
+                finish_reason=cast(ChatFinishReason, c.finish_reason),
                 logprobs=chat_logprobs(c.logprobs),
             )
             for i, c in enumerate(gen.choices)
         ]
-        self.count_tokens(gen.prompt_tokens, gen.completion_tokens)
-        usage = UsageInfo(
-            prompt_tokens=gen.prompt_tokens,
-            completion_tokens=gen.completion_tokens,
-            total_tokens=gen.prompt_tokens + gen.completion_tokens,
-        )
+        usage = self.usage(gen.prompt_tokens, gen.completion_tokens)
         return ChatCompletionResponse(
             id=new_id("chatcmpl"), created=now(), model=model, choices=choices, usage=usage
         )
@@ -160,7 +141,9 @@ class ChatServing(ServingBase):
     ) -> AsyncIterator[ChatCompletionStreamResponse]:
         rid, created = new_id("chatcmpl"), now()
 
-        def chunk(choices: list[ChatCompletionStreamChoice], usage: UsageInfo | None = None):
+        def chunk(
+            choices: list[ChatCompletionStreamChoice], usage: UsageInfo | None = None
+        ) -> ChatCompletionStreamResponse:
             return ChatCompletionStreamResponse(
                 id=rid, created=created, model=model, choices=choices, usage=usage
             )
@@ -181,16 +164,13 @@ class ChatServing(ServingBase):
                 yield chunk(
                     [
                         ChatCompletionStreamChoice(
-                            index=item.index, delta=delta, finish_reason=item.finish_reason
+                            index=item.index,
+                            delta=delta,
+                            finish_reason=cast(ChatFinishReason | None, item.finish_reason),
                         )
                     ]
                 )
         if gen is not None:
-            self.count_tokens(gen.prompt_tokens, gen.completion_tokens)
+            usage = self.usage(gen.prompt_tokens, gen.completion_tokens)
             if include_usage:
-                usage = UsageInfo(
-                    prompt_tokens=gen.prompt_tokens,
-                    completion_tokens=gen.completion_tokens,
-                    total_tokens=gen.prompt_tokens + gen.completion_tokens,
-                )
                 yield chunk([], usage)

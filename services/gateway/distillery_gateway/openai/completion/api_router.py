@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
-
-from distillery_gateway.deps import require_scope
+from distillery_gateway.openai.api_route import generation_router
 from distillery_gateway.openai.completion.protocol import (
     CompletionRequest,
     CompletionResponse,
+    CompletionStreamResponse,
 )
-from distillery_gateway.openai.responses import serving_responses
-from distillery_gateway.serving_base import json_response
+from distillery_gateway.openai.completion.serving import CompletionServing
 
-router = APIRouter(tags=["openai"])
-
-
-@router.post(
+router = generation_router(
     "/v1/completions",
-    response_model=CompletionResponse,
-    responses=serving_responses("CompletionStreamResponse"),
-    dependencies=[require_scope("infer")],
+    "create_completion",
+    CompletionServing,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionStreamResponse,
+    "OpenAI completions: text or token-id prompts, `n`, `stop`, `seed`, `logprobs`, `echo`, streaming.",
 )
-async def create_completion(body: CompletionRequest, request: Request) -> Response:
-    """OpenAI completions: text or token-id prompts, `n`, `stop`, `seed`, `logprobs`, `echo`, streaming."""
-    return json_response(await request.app.state.serving_completion.create(body))

@@ -6,17 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from distillery_gateway.openai.protocol import (
-    ChoiceCount,
-    OpenAIModel,
-    Penalty,
-    Seed,
-    Stop,
-    StreamOptions,
-    Temperature,
-    TopP,
-    UsageInfo,
-)
+from distillery_gateway.openai.protocol import GenerationRequest, GenerationResponse, UsageInfo
 
 TokenId = Annotated[int, Field(ge=0)]
 Prompt = (
@@ -27,27 +17,20 @@ Prompt = (
 )
 
 
-class CompletionRequest(OpenAIModel):
-    model: str = Field(min_length=1, description="A served model id or alias (see GET /v1/models).")
+class CompletionRequest(GenerationRequest):
     prompt: Prompt
-    best_of: int | None = Field(None, ge=1, le=16, description="Only equal to `n` (or unset) is supported.")
-    echo: bool | None = Field(False, description="Prepend the prompt to each choice's text.")
-    frequency_penalty: Penalty | None = 0.0
-    logit_bias: dict[str, float] | None = Field(None, description="Not supported (only empty).")
-    logprobs: int | None = Field(
-        None, ge=0, le=5, description="Alternatives per token; 0 = the chosen one only."
+    best_of: int | None = Field(
+        default=None, ge=1, le=16, description="Only equal to `n` (or unset) is supported."
     )
-    max_tokens: int | None = Field(16, ge=1, description="Tokens to generate (OpenAI's default: 16).")
-    n: ChoiceCount | None = 1
-    presence_penalty: Penalty | None = 0.0
-    seed: Seed | None = None
-    stop: Stop = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    suffix: str | None = Field(None, description="Not supported (only null).")
-    temperature: Temperature | None = 1.0
-    top_p: TopP | None = 1.0
-    user: str | None = Field(None, max_length=256)
+    echo: bool | None = Field(default=False, description="Prepend the prompt to each choice's text.")
+    logprobs: int | None = Field(
+        default=None, ge=0, le=5, description="Alternatives per token; 0 = the chosen one only."
+    )
+    max_tokens: int | None = Field(default=16, ge=1, description="Tokens to generate (OpenAI's default: 16).")
+    suffix: str | None = Field(default=None, description="Not supported (only null).")
+
+
+FinishReason = Literal["stop", "length", "content_filter"]
 
 
 class CompletionLogprobs(BaseModel):
@@ -58,29 +41,19 @@ class CompletionLogprobs(BaseModel):
 
 
 class CompletionChoice(BaseModel):
-    finish_reason: Literal["stop", "length", "content_filter"] | None
+    finish_reason: FinishReason | None
     index: int
     logprobs: CompletionLogprobs | None = None
     text: str
 
 
-class CompletionResponse(BaseModel):
-    id: str
+class CompletionResponse(GenerationResponse):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
-    system_fingerprint: str | None = None
     usage: UsageInfo
 
 
-class CompletionStreamResponse(BaseModel):
+class CompletionStreamResponse(CompletionResponse):
     """One server-sent event of a streamed completion (`data: {...}`; the stream ends with `data: [DONE]`)."""
 
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    system_fingerprint: str | None = None
-    usage: UsageInfo | None = None
+    usage: UsageInfo | None = None  # type: ignore[assignment]  # only on the last chunk, if asked for

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import cast
 
 from fastapi.responses import Response
 
@@ -17,25 +18,9 @@ from distillery_gateway.openai.completion.protocol import (
     CompletionRequest,
     CompletionResponse,
     CompletionStreamResponse,
+    FinishReason,
 )
-from distillery_gateway.openai.protocol import UsageInfo
 from distillery_gateway.serving_base import ServingBase, engine_errors, merge, new_id, now
-
-
-def sampling_params(req: CompletionRequest, max_tokens: int) -> SamplingParams:
-    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-    temperature = req.temperature if req.temperature is not None else 1.0
-    top_p = req.top_p if req.top_p is not None else 1.0
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=0.0 if top_p == 0.0 else temperature,
-        top_p=top_p or 1.0,
-        stop=stop,
-        seed=req.seed,
-        n=req.n or 1,
-        logprobs=req.logprobs,
-        echo=bool(req.echo),
-    )
 
 
 def completion_logprobs(tokens: list[TokenLogprob], offset: int = 0) -> CompletionLogprobs:
@@ -53,13 +38,9 @@ class CompletionServing(ServingBase):
     """Completes one or several prompts; several prompts (and `n`) share batched generate calls."""
 
     def check_supported(self, req: CompletionRequest) -> None:
+        self.check_generation(req)
         if req.suffix:
             raise self.unsupported("suffix", "null")
-        if req.logit_bias:
-            raise self.unsupported("logit_bias", "null or {}")
-        for name in ("frequency_penalty", "presence_penalty"):
-            if getattr(req, name):
-                raise self.unsupported(name, "0")
         if req.best_of is not None and req.best_of != (req.n or 1):
             raise self.unsupported("best_of", "null or equal to n")
         if req.stream and req.logprobs is not None:
@@ -98,14 +79,15 @@ class CompletionServing(ServingBase):
             served, backend = await self.lease(stack, req.model)
             prompts = self.prompts(req, backend)
             longest = max(len(ids) for _, ids in prompts)
-            params = sampling_params(req, self.max_tokens(backend, longest, req.max_tokens, "prompt"))
+            max_tokens = self.max_tokens(backend, longest, req.max_tokens, "prompt")
+            if req.logprobs is not None:
+                echoed = sum(len(ids) for _, ids in prompts) if req.echo else 0
+                rows = len(prompts) * (req.n or 1)
+                max_tokens = self.bound_logprobs(max_tokens, req.max_tokens, rows, echoed)
+            params = self.sampling(req, max_tokens, req.logprobs, echo=bool(req.echo))
             if req.stream:
                 with engine_errors(self.manager):
-                    streams = []
-                    for _, ids in prompts:
-                        stream = backend.stream(ids, params)
-                        stack.push_async_callback(stream.aclose)
-                        streams.append(stream)
+                    streams = [self.close_with(stack, backend.stream(ids, params)) for _, ids in prompts]
                 streaming = True
                 include_usage = bool(req.stream_options and req.stream_options.include_usage)
                 events = self._events(served.id, prompts, params, streams, include_usage)
@@ -137,17 +119,13 @@ class CompletionServing(ServingBase):
                 body = text + c.text if params.echo else c.text
                 choices.append(
                     CompletionChoice(
-                        index=p * params.n + j, text=body, finish_reason=c.finish_reason, logprobs=logprobs
+                        index=p * params.n + j,
+                        text=body,
+                        finish_reason=cast(FinishReason, c.finish_reason),
+                        logprobs=logprobs,
                     )
                 )
-        prompt_tokens = sum(g.prompt_tokens for g in gens)
-        completion_tokens = sum(g.completion_tokens for g in gens)
-        self.count_tokens(prompt_tokens, completion_tokens)
-        usage = UsageInfo(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        )
+        usage = self.usage(sum(g.prompt_tokens for g in gens), sum(g.completion_tokens for g in gens))
         return CompletionResponse(id=new_id("cmpl"), created=now(), model=model, choices=choices, usage=usage)
 
     async def _events(
@@ -161,7 +139,7 @@ class CompletionServing(ServingBase):
         rid, created = new_id("cmpl"), now()
 
         def chunk(index: int, text: str, reason: str | None) -> CompletionStreamResponse:
-            choice = CompletionChoice(index=index, text=text, finish_reason=reason)
+            choice = CompletionChoice(index=index, text=text, finish_reason=cast(FinishReason | None, reason))
             return CompletionStreamResponse(id=rid, created=created, model=model, choices=[choice])
 
         if params.echo:
@@ -175,11 +153,6 @@ class CompletionServing(ServingBase):
                 completion_tokens += item.completion_tokens
             elif item.text or item.finish_reason:
                 yield chunk(p * params.n + item.index, item.text, item.finish_reason)
-        self.count_tokens(prompt_tokens, completion_tokens)
+        usage = self.usage(prompt_tokens, completion_tokens)
         if include_usage:
-            usage = UsageInfo(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            )
             yield CompletionStreamResponse(id=rid, created=created, model=model, choices=[], usage=usage)

@@ -1,21 +1,24 @@
-"""GET /v1/models: the served model version and its aliases (any valid key)."""
+"""GET /v1/models: the served model version and its aliases (`models:read`, which `infer` implies)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 
-from distillery_gateway.deps import PrincipalDep
+from distillery_gateway.deps import require_scope, serving
 from distillery_gateway.openai.models.protocol import ModelCard, ModelList
+from distillery_gateway.openai.models.serving import ModelsServing
 
-router = APIRouter(tags=["openai"])
+router = APIRouter(tags=["openai"], dependencies=[require_scope("models:read")])
+
+Models = Annotated[ModelsServing, serving(ModelsServing)]
 
 
 @router.get("/v1/models", response_model=ModelList)
-async def list_models(request: Request, _: PrincipalDep) -> ModelList:
+async def list_models(models: Models) -> ModelList:
     """The model version this replica serves, then its aliases (e.g. the registry name)."""
-    return request.app.state.serving_models.list()
+    return models.list()
 
 
 @router.get(
@@ -23,7 +26,6 @@ async def list_models(request: Request, _: PrincipalDep) -> ModelList:
 )
 async def retrieve_model(
     model: Annotated[str, Path(min_length=1, max_length=300, description="A model id or alias.")],
-    request: Request,
-    _: PrincipalDep,
+    models: Models,
 ) -> ModelCard:
-    return request.app.state.serving_models.get(model)
+    return models.get(model)

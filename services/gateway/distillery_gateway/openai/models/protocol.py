@@ -12,9 +12,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "distillery"
-    root: str | None = Field(None, description="The version id this entry serves.")
-    parent: str | None = Field(None, description="For an alias: the version id it points to.")
-    max_model_len: int | None = Field(None, description="Context length in tokens.")
+    root: str | None = Field(default=None, description="The version id this entry serves.")
+    parent: str | None = Field(default=None, description="For an alias: the version id it points to.")
+    max_model_len: int | None = Field(default=None, description="Context length in tokens.")
 
 
 class ModelList(BaseModel):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST
 
+from distillery_gateway.deps import serving
 from distillery_gateway.errors import APIError
+from distillery_gateway.metrics.protocol import MEDIA_TYPE, RESPONSES
+from distillery_gateway.metrics.serving import MetricsServing
 
 router = APIRouter(tags=["operations"])
 
@@ -24,15 +28,8 @@ admin_unless_public.required_scope = "admin"  # type: ignore[attr-defined]
 
 
 @router.get(
-    "/metrics",
-    response_class=Response,
-    responses={
-        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Metrics."}
-    },
-    dependencies=[Depends(admin_unless_public)],
+    "/metrics", response_class=Response, responses=RESPONSES, dependencies=[Depends(admin_unless_public)]
 )
-def metrics(request: Request) -> Response:
+def metrics(exposition: Annotated[MetricsServing, serving(MetricsServing)]) -> Response:
     """Requests, latencies, batch sizes, queue depth, tokens, and the model version served."""
-    state = request.app.state
-    state.metrics.queue_depth.set(state.manager.queue_depth)
-    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition.exposition(), media_type=MEDIA_TYPE)
