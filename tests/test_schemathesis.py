@@ -47,7 +47,11 @@ def openapi_document() -> dict:
     """The app's OpenAPI document (building the app connects to nothing; the calls go to the live one)."""
     from distillery_gateway.app import create_app
 
-    unused = Settings(database_url="postgresql://unused/none", redis_url="redis://unused:1/0")
+    unused = Settings(
+        database_url="postgresql://unused/none",
+        redis_url="redis://unused:1/0",
+        api_key_pepper="schema-only-pepper-not-used-for-any-key",
+    )
     return create_app(unused).openapi()
 
 
