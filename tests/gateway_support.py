@@ -105,3 +105,16 @@ class LiveGateway:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=120)
+
+
+def key_client(gateway: LiveGateway, database_url: str, scopes: tuple[str, ...], name: str) -> httpx.Client:
+    """An HTTP client for `gateway` that sends a fresh key with `scopes`."""
+    key = make_key(database_url, scopes, name)
+    return httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+
+def completion(http: httpx.Client, model: str, **body: object) -> dict:
+    """POST /v1/completions for `model` and return the 200 answer's JSON."""
+    response = http.post("/v1/completions", json={"model": model, **body})
+    assert response.status_code == 200, response.text
+    return response.json()

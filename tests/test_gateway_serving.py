@@ -12,7 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from gateway_support import LiveGateway, gateway_settings, make_key, truncate_all, wait_until
+from gateway_support import (
+    LiveGateway,
+    completion,
+    gateway_settings,
+    key_client,
+    make_key,
+    truncate_all,
+    wait_until,
+)
 
 from distillery.config import Settings
 
@@ -29,15 +37,12 @@ def gw(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def http(gw: LiveGateway, database_url: str) -> Iterator[httpx.Client]:
-    key = make_key(database_url, ("infer",), "serving-tests")
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
+    with key_client(gw, database_url, ("infer",), "serving-tests") as client:
         yield client
 
 
 def complete(http: httpx.Client, **body: object) -> dict:
-    response = http.post("/v1/completions", json={"model": MODEL, **body})
-    assert response.status_code == 200, response.text
-    return response.json()
+    return completion(http, MODEL, **body)
 
 
 def chat(http: httpx.Client, content: str, **body: object) -> dict:

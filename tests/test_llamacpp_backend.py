@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 from gateway_support import (
     LiveGateway,
+    completion,
     copy_model,
     gateway_settings,
+    key_client,
     make_key,
     tiny_model,
     truncate_all,
@@ -29,6 +32,7 @@ from distillery.config import Settings
 from distillery.export import cached_export
 
 MODEL = "tiny-causal"
+complete = partial(completion, model=MODEL)
 pytestmark = pytest.mark.slow
 
 
@@ -55,15 +59,8 @@ def gw(base: Settings) -> Iterator[LiveGateway]:
 
 @pytest.fixture(scope="module")
 def http(gw: LiveGateway, database_url: str) -> Iterator[httpx.Client]:
-    key = make_key(database_url, ("infer",), "llamacpp-tests")
-    with httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
+    with key_client(gw, database_url, ("infer",), "llamacpp-tests") as client:
         yield client
-
-
-def complete(http: httpx.Client, **body: object) -> dict:
-    response = http.post("/v1/completions", json={"model": MODEL, **body})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def test_completion_shape_and_usage(http: httpx.Client) -> None:
@@ -141,7 +138,8 @@ def test_concurrent_requests_answer_as_alone(http: httpx.Client) -> None:
     with ThreadPoolExecutor(12) as pool:
         together = list(
             pool.map(
-                lambda p: complete(http, prompt=p, max_tokens=6, temperature=0)["choices"][0]["text"], prompts
+                lambda p: complete(http, prompt=p, max_tokens=6, temperature=0)["choices"][0]["text"],
+                prompts,
             )
         )
     assert together[:3] == alone
