@@ -8,11 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_support import LiveGateway, gateway_settings, make_key, tiny_model
+from gateway_support import LiveGateway, copy_model, gateway_settings, make_key, tiny_model
 from typer.testing import CliRunner
 
 from distillery.config import Settings
 from distillery.datasets import load_jsonl, sample_file
+from distillery.distill.export import STUDENT_INFO
 from distillery.modelhub import resolve_model
 from distillery_launcher.cli.main import app
 
@@ -44,12 +45,17 @@ def test_arc_predictions_are_valid_and_identical_alone_and_batched(settings: Set
     assert [a["method"] for a in together] == [a["method"] for a in alone]
 
 
+@pytest.mark.parametrize("answer_format", [None, "option_text"])
 def test_likelihood_fallback_scores_options_as_distillery_eval_does(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, answer_format: str | None
 ) -> None:
-    """One scorer: the option scores /v1/predict falls back on are `distillery eval`'s acc_norm scores."""
+    """One scorer: the option scores /v1/predict falls back on are `distillery eval`'s acc_norm scores,
+    in the answer format the model was trained on (none written: `(b) option text`, as before)."""
     questions = load_jsonl(sample_file("arc", "dev"))[:4]
     model = tiny_model()
+    if answer_format is not None:
+        model = copy_model(tmp_path / "student")
+        (model / STUDENT_INFO).write_text(json.dumps({"answer_format": answer_format}))
     predictions = tmp_path / "eval.jsonl"
     result = CliRunner().invoke(
         app,

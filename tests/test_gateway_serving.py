@@ -12,15 +12,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import torch
 from gateway_support import (
     LiveGateway,
     completion,
     gateway_settings,
     key_client,
     make_key,
+    tiny_model,
     truncate_all,
     wait_until,
 )
+from transformers import AutoModelForCausalLM
 
 from distillery.config import Settings
 
@@ -89,6 +92,31 @@ def test_token_id_prompt_with_echo_and_logprobs(http: httpx.Client) -> None:
     assert all(len(top) <= 2 for top in logprobs["top_logprobs"][1:])
     assert logprobs["text_offset"] == sorted(logprobs["text_offset"])
     assert choice["text"].startswith("".join(logprobs["tokens"][: len(ids)]))
+
+
+def test_generated_logprobs_kept_step_by_step_equal_the_full_distribution(http: httpx.Client) -> None:
+    """Logprobs kept while generating (the chosen token's and the top-k, never a whole vocabulary per
+    step) equal those of transformers' own `output_logits`, and a greedy token is its step's best."""
+    ids = [504, 3365, 314]
+    body = complete(http, prompt=ids, max_tokens=6, temperature=0, logprobs=3)
+    logprobs = body["choices"][0]["logprobs"]
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model()), dtype=torch.float32).eval()
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([ids]),
+            do_sample=False,
+            max_new_tokens=6,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    full = [torch.log_softmax(step[0].float(), -1) for step in out.logits]
+    chosen = out.sequences[0, len(ids) :].tolist()
+    assert logprobs["token_logprobs"] == pytest.approx(
+        [lp[t].item() for lp, t in zip(full, chosen, strict=True)], abs=1e-4
+    )
+    for lp, top in zip(full, logprobs["top_logprobs"], strict=True):
+        assert sorted(top.values(), reverse=True) == pytest.approx(lp.topk(3).values.tolist(), abs=1e-4)
+    assert logprobs["token_logprobs"] == pytest.approx([max(t.values()) for t in logprobs["top_logprobs"]])
 
 
 def test_stop_sequence_ends_the_text_before_it(http: httpx.Client) -> None:

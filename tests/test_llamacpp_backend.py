@@ -165,7 +165,8 @@ def test_greedy_answers_match_the_transformers_backend(
 def test_promote_swaps_under_load_without_a_failed_request(settings: Settings, tmp_path: Path) -> None:
     v1, v2 = copy_model(tmp_path / "v1"), copy_model(tmp_path / "v2")
     admin = make_key(settings.database_url or "", ("admin",), "admin")
-    s = llamacpp_settings(settings, default_model="none", registry_poll_s=30.0)
+    # Six clients in a loop on a tiny model outrun the default per-key budget: this test is about the swap.
+    s = llamacpp_settings(settings, default_model="none", registry_poll_s=30.0, rate_limit_per_minute=100_000)
     with (
         LiveGateway(s) as gw,
         httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {admin}"}) as api,

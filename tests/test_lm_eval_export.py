@@ -1,16 +1,20 @@
 """`distillery data export-lm-eval` writes a task lm-evaluation-harness loads offline, and lm-eval's own
-`hf` model scores it question by question as distillery's scorer does (`acc`, `acc_norm`)."""
+`hf` model scores it question by question as distillery's scorer does (`acc`, `acc_norm`); lm-eval's
+`local-completions` model through the gateway's /v1/completions scores it as its `hf` model does."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from gateway_support import LiveGateway, gateway_settings, make_key
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
+from distillery.config import Settings
 from distillery.datasets import load_jsonl, sample_file
 from distillery.distill.encoding import StudentEncoder
 from distillery.distill.evaluate import EvalOptions, evaluate
@@ -53,23 +57,32 @@ def test_export_names_a_missing_dataset(tmp_path: Path, settings) -> None:
     assert result.exit_code != 0 and "nosuchset" in result.output
 
 
-@pytest.mark.timeout(900)
-def test_lm_eval_hf_scores_the_exported_task_as_distillery_does(tmp_path: Path) -> None:
+def _lm_eval(tasks: Path, model: str, model_args: str, batch_size: int = 4) -> tuple[dict, list[dict]]:
+    """lm-eval's metrics of the exported ARC task and its samples in question order."""
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    out = _export(tmp_path)
     name = task_name("arc", "dev")
-    model_dir = resolve_model("tiny-causal")
     results = lm_eval.simple_evaluate(
-        model="hf",
-        model_args=f"pretrained={model_dir},dtype=float32,device=cpu",
+        model=model,
+        model_args=model_args,
         tasks=[name],
-        task_manager=TaskManager(include_path=str(out)),
-        batch_size=4,
+        task_manager=TaskManager(include_path=str(tasks)),
+        batch_size=batch_size,
         log_samples=True,
     )
-    samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
+    return results["results"][name], sorted(results["samples"][name], key=lambda s: s["doc_id"])
+
+
+def _hf(tasks: Path, model_dir: Path) -> tuple[dict, list[dict]]:
+    return _lm_eval(tasks, "hf", f"pretrained={model_dir},dtype=float32,device=cpu")
+
+
+@pytest.mark.timeout(900)
+def test_lm_eval_hf_scores_the_exported_task_as_distillery_does(tmp_path: Path) -> None:
+    out = _export(tmp_path)
+    model_dir = resolve_model("tiny-causal")
+    metrics, samples = _hf(out, model_dir)
 
     # Distillery's scorer on the same questions; the exported prompt is the plain (no chat template) one.
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -88,6 +101,32 @@ def test_lm_eval_hf_scores_the_exported_task_as_distillery_does(tmp_path: Path) 
         assert row["acc_scores"] == pytest.approx(lls, abs=1e-3)
         assert sample["acc"] == float(row["acc_predicted"] == row["gold"])
         assert sample["acc_norm"] == float(row["acc_norm_predicted"] == row["gold"])
-    metrics = results["results"][name]
     assert metrics["acc,none"] == pytest.approx(ours.metrics["acc"], abs=1e-4)
     assert metrics["acc_norm,none"] == pytest.approx(ours.metrics["acc_norm"], abs=1e-4)
+
+
+@pytest.mark.timeout(900)
+def test_lm_eval_local_completions_through_the_gateway_scores_as_its_hf_model(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lm-eval's OpenAI-style client (token-id prompts, echo, logprobs) against /v1/completions."""
+    out = _export(tmp_path)
+    model_dir = resolve_model("tiny-causal")
+    hf_metrics, hf_samples = _hf(out, model_dir)
+    with LiveGateway(gateway_settings(settings, default_model=str(model_dir))) as gw:
+        key = make_key(settings.database_url or "", ("infer",))
+        monkeypatch.setenv("OPENAI_API_KEY", key)  # what local-completions sends as its Bearer token
+        served = httpx.get(f"{gw.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).json()
+        metrics, samples = _lm_eval(
+            out,
+            "local-completions",
+            f"model={served['data'][0]['id']},base_url={gw.url}/v1/completions,"
+            f"tokenizer_backend=huggingface,tokenizer={model_dir},max_retries=1",
+        )
+    assert [s["doc"]["id"] for s in samples] == [s["doc"]["id"] for s in hf_samples]
+    for ours, theirs in zip(samples, hf_samples, strict=True):
+        lls = [float(resp[0]) for resp in ours["filtered_resps"]]
+        assert lls == pytest.approx([float(resp[0]) for resp in theirs["filtered_resps"]], abs=1e-3)
+        assert (ours["acc"], ours["acc_norm"]) == (theirs["acc"], theirs["acc_norm"])
+    assert metrics["acc,none"] == pytest.approx(hf_metrics["acc,none"], abs=1e-6)
+    assert metrics["acc_norm,none"] == pytest.approx(hf_metrics["acc_norm,none"], abs=1e-6)

@@ -110,7 +110,9 @@ class Settings(BaseSettings):
         "unset = SHARED_DIR, HOME and the bundled samples.",
     )
     max_logprob_tokens: int = Field(
-        default=256, ge=1, description="Most tokens (n x max_tokens, or an echoed prompt) scored per request."
+        default=256,
+        ge=1,
+        description="Most generated tokens with logprobs per request (prompts x n x max_tokens).",
     )
     max_streams_per_key: int = Field(default=8, ge=1, description="Open event streams (SSE) per API key.")
     auth_failures_per_minute: int = Field(default=30, ge=1, description="Failed authentications per client.")

@@ -152,23 +152,23 @@ class ServingBase:
             )
         return wanted
 
-    def bound_logprobs(self, max_tokens: int, wanted: int | None, rows: int, echoed: int = 0) -> int:
+    def bound_logprobs(self, max_tokens: int, wanted: int | None, rows: int) -> int:
         """`max_tokens` for a request that wants logprobs, kept within DISTILLERY_MAX_LOGPROB_TOKENS.
 
-        Scored tokens are rows (prompts x n) x max_tokens, plus an echoed prompt's tokens. Without an
-        explicit max_tokens the completion shrinks to fit; with one, or when the echo alone is over, 400
-        naming `logprobs`.
+        Generated tokens with logprobs are rows (prompts x n) x max_tokens. Without an explicit
+        max_tokens the completion shrinks to fit; with one, 400 naming `logprobs`. (An echoed prompt is
+        scored in chunks of a few dozen positions, its memory bounded whatever its length: not counted.)
         """
         cap = self.settings.max_logprob_tokens
-        if wanted is None and echoed < cap:
-            max_tokens = max(1, min(max_tokens, (cap - echoed) // rows))
-        scored = rows * max_tokens + echoed
+        if wanted is None:
+            max_tokens = max(1, min(max_tokens, cap // rows))
+        scored = rows * max_tokens
         if scored > cap:
             raise APIError(
                 400,
-                f"logprobs: this request would score {scored} tokens ({rows} completions x {max_tokens} "
-                f"tokens{f' + {echoed} echoed prompt tokens' if echoed else ''}); the limit is {cap} "
-                "(DISTILLERY_MAX_LOGPROB_TOKENS). Lower n, max_tokens or the number of prompts.",
+                f"logprobs: this request would generate {scored} tokens with logprobs ({rows} completions "
+                f"x {max_tokens} tokens); the limit is {cap} (DISTILLERY_MAX_LOGPROB_TOKENS). Lower n, "
+                "max_tokens or the number of prompts.",
                 param="logprobs",
                 code="logprobs_too_many_tokens",
             )

@@ -102,6 +102,25 @@ def rationale_scope(dataset_id: int, split: str, job_ids: tuple[str, ...]) -> Se
     return stmt
 
 
+def _without_heldout(cfg: TrainConfig, split_examples: int) -> int:
+    """Training questions left once model selection holds out the split's last `select_limit`."""
+    held = cfg.eval.select_limit
+    left = split_examples - held
+    if left < 1:
+        raise ConfigError(
+            "eval.select_limit",
+            f"holding out {held} questions leaves none of the {split_examples} in {cfg.dataset}/{cfg.split} "
+            "to train on; lower eval.select_limit",
+        )
+    if cfg.limit is not None and cfg.limit > left:
+        raise ConfigError(
+            "limit",
+            f"training on {cfg.limit} questions would overlap the {held} held out for model selection "
+            f"({cfg.dataset}/{cfg.split} has {split_examples}); at most {left}",
+        )
+    return left
+
+
 def _usable_counts(
     session: Session, cfg: TrainConfig, dataset_id: int, job_ids: tuple[str, ...]
 ) -> dict[int, int]:
@@ -144,6 +163,8 @@ def resolve_run(session: Session, cfg: TrainConfig) -> ResolvedRun:
                 "eval.split",
                 f"dataset '{cfg.dataset}' has no '{cfg.eval.split}' examples (accepted: {', '.join(splits)})",
             )
+    if cfg.trains and cfg.eval.select_every is not None and cfg.eval.select_split == "heldout":
+        train_examples = _without_heldout(cfg, train_examples)
     if cfg.limit is not None:
         train_examples = min(train_examples, cfg.limit)
     if cfg.eval.limit is not None:

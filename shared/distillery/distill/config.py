@@ -128,11 +128,17 @@ class EvalParams(_Strict):
         description="Model selection: every N optimiser steps score the student (lm-eval acc_norm) on "
         "`select_split` and keep the best checkpoint as the result; null = the last step's model.",
     )
-    select_split: Split = Field(
-        default="dev", description="Split model selection scores on (the test split stays untouched)."
+    select_split: Split | Literal["heldout"] = Field(
+        default="dev",
+        description="Split model selection scores on (the test split stays untouched); `heldout`: the last "
+        "`select_limit` questions of the training split, which training then leaves out.",
     )
     select_limit: int = Field(
-        default=100, ge=1, le=MAX_COUNT, description="First N questions of select_split for selection."
+        default=100,
+        ge=1,
+        le=MAX_COUNT,
+        description="Questions model selection scores: the first N of select_split (`heldout`: the last N "
+        "of the training split).",
     )
 
 

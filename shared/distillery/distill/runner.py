@@ -485,8 +485,11 @@ def _selection_examples(ctx: RunContext) -> list[Example] | None:
     if ev.select_every is None:
         return None
     with session_scope(ctx.request.database_url) as session:
-        rows = session.scalars(split_query(ctx.run.dataset_id, ev.select_split, ev.select_limit))
-        examples = [to_record(row) for row in rows]
+        if ev.select_split == "heldout":  # the training split's last questions, which training leaves out
+            query = split_query(ctx.run.dataset_id, ctx.config.split, last=ev.select_limit)
+        else:
+            query = split_query(ctx.run.dataset_id, ev.select_split, ev.select_limit)
+        examples = [to_record(row) for row in session.scalars(query)]
     if not examples:
         raise ConfigError(
             "eval.select_split", f"dataset {ctx.config.dataset!r} has no {ev.select_split} questions"

@@ -58,7 +58,8 @@ def shuffled(example: Example, seed: int) -> Example:
 
 
 def _examples(session: Session, run: ResolvedRun) -> Iterator[list[tuple[int, Example]]]:
-    stmt = split_query(run.dataset_id, run.config.split, run.config.limit)
+    # The first `train_examples` (the config's limit, less any questions held out for model selection).
+    stmt = split_query(run.dataset_id, run.config.split, run.train_examples)
     chunk: list[tuple[int, Example]] = []
     for row in session.scalars(stmt.execution_options(yield_per=CHUNK)):
         chunk.append((row.id, to_record(row)))

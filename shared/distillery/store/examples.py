@@ -105,13 +105,16 @@ def split_size(session: Session, dataset_id: int, split: str) -> int:
     return session.scalar(stmt) or 0
 
 
-def split_query(dataset_id: int, split: str, limit: int | None = None) -> Select[m.Example]:
-    """SELECT of the split's example rows in their stable (import) order, the first `limit` if given."""
-    stmt = (
-        select(m.Example)
-        .where(m.Example.dataset_id == dataset_id, m.Example.split == split)
-        .order_by(m.Example.id)
-    )
+def split_query(
+    dataset_id: int, split: str, limit: int | None = None, last: int | None = None
+) -> Select[m.Example]:
+    """SELECT of the split's example rows in their stable (import) order: the first `limit` if given, or
+    the last `last`."""
+    rows = select(m.Example).where(m.Example.dataset_id == dataset_id, m.Example.split == split)
+    if last is not None:
+        tail = rows.order_by(m.Example.id.desc()).limit(last).subquery()
+        return select(m.Example).join(tail, m.Example.id == tail.c.id).order_by(m.Example.id)
+    stmt = rows.order_by(m.Example.id)
     return stmt if limit is None else stmt.limit(limit)
 
 

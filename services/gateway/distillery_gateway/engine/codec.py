@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from distillery.distill.encoding import StudentEncoder
 from distillery.distill.export import STUDENT_INFO
-from distillery.rationales.prompts import ANSWER_PREFIX
+from distillery.rationales.prompts import ANSWER_FORMATS, ANSWER_PREFIX, AnswerFormat
 
 # Context length for models whose config names none (T5 uses relative positions).
 FALLBACK_CONTEXT = 512
@@ -36,6 +36,12 @@ class Codec:
         self.student_info: dict = json.loads(info_file.read_text()) if info_file.is_file() else {}
         self.answer_prefix: str = self.student_info.get("answer_prefix", ANSWER_PREFIX)
         self.teacher_prefixes: dict[str, str] = dict(self.student_info.get("teacher_prefixes") or {})
+        # The answer targets it was trained on; `letter_text` for models trained before the choice existed
+        # (and for any other model), as `distillery eval` reads it.
+        fmt = self.student_info.get("answer_format", "letter_text")
+        if fmt not in ANSWER_FORMATS:
+            raise ValueError(f"{info_file}: answer_format {fmt!r} is not one of {', '.join(ANSWER_FORMATS)}")
+        self.answer_format: AnswerFormat = fmt
         # The trainer's encoder: predict must see exactly what training showed the student.
         self.encoder = StudentEncoder(
             self.tokenizer,

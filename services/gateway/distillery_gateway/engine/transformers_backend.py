@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()
 
 Sink = Callable[[Delta], None]
+PROMPT_CHUNK = 64  # prompt positions per forward pass when an echoed prompt's logprobs are scored
 # from_pretrained is not thread-safe (it builds on a process-wide meta-device context): one at a time.
 _LOAD_LOCK = threading.Lock()
 
@@ -115,6 +116,57 @@ class _RowStreamer(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+class _StepLogprobs:
+    """Log-probabilities of generated tokens, kept step by step as `generate` runs: per step and row only
+    the chosen token's and the `top` best (O(steps x rows x top)), never a vocabulary's worth per step.
+
+    A forward hook sees each step's logits (raw, before any sampling warper, as OpenAI reports them);
+    a step's chosen token is the next forward's input, so only the latest step's distribution is held.
+    """
+
+    def __init__(self, model: torch.nn.Module, top: int):
+        self.top = top
+        self.chosen: list[torch.Tensor] = []  # per step: [rows] logprob of the token generated there
+        self.best: list[tuple[torch.Tensor, torch.Tensor]] = []  # per step: ([rows, top] values, ids)
+        self._latest: torch.Tensor | None = None  # the last step's log-softmax, until its token is known
+        self._handle = model.register_forward_hook(self._step, with_kwargs=True)
+
+    def _step(self, module: object, args: tuple, kwargs: dict, output: object) -> None:
+        if self._latest is not None:
+            fed = kwargs.get("decoder_input_ids", kwargs.get("input_ids"))
+            assert isinstance(fed, torch.Tensor)
+            self._keep(fed[:, -1])
+        logits = output.logits[:, -1, :]  # type: ignore[attr-defined]
+        self._latest = torch.log_softmax(logits.float(), dim=-1)
+        if self.top > 0:
+            values, ids = self._latest.topk(self.top, dim=-1)
+            self.best.append((values, ids))
+
+    def _keep(self, tokens: torch.Tensor) -> None:
+        assert self._latest is not None
+        self.chosen.append(self._latest.gather(-1, tokens[:, None])[:, 0])
+        self._latest = None
+
+    def detach(self) -> None:
+        self._handle.remove()
+
+    def last_step(self, tokens: torch.Tensor) -> None:
+        """`tokens`: what the last step chose (no forward pass follows it to tell)."""
+        if self._latest is not None:
+            self._keep(tokens)
+
+    def row(self, i: int, steps: int) -> list[tuple[float, list[tuple[float, int]]]]:
+        """Row `i`'s first `steps` steps: (chosen logprob, [(alternative logprob, token id)...])."""
+        out = []
+        for step in range(steps):
+            alternatives: list[tuple[float, int]] = []
+            if self.top > 0:
+                values, ids = self.best[step]
+                alternatives = list(zip(values[i].tolist(), ids[i].tolist(), strict=True))
+            out.append((float(self.chosen[step][i]), alternatives))
+        return out
 
 
 def _device() -> torch.device:
@@ -223,7 +275,7 @@ class TransformersBackend(Backend):
         ]
         return torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device)
 
-    def _generation_config(self, params: SamplingParams, max_new: int, want_logits: bool) -> GenerationConfig:
+    def _generation_config(self, params: SamplingParams, max_new: int) -> GenerationConfig:
         config = GenerationConfig.from_dict(self.model.generation_config.to_dict())
         config.update(
             max_new_tokens=max_new,
@@ -236,7 +288,7 @@ class TransformersBackend(Backend):
             pad_token_id=self.codec.pad_id,
             eos_token_id=sorted(self.eos),
             return_dict_in_generate=True,
-            output_logits=want_logits,
+            output_logits=False,  # logprobs are kept step by step, top-k only (`_StepLogprobs`)
             output_scores=False,
         )
         return config
@@ -252,23 +304,30 @@ class TransformersBackend(Backend):
         input_ids, mask = self._pad(prompts, left=not self.seq2seq)
         prefix = 1 if self.seq2seq else input_ids.shape[1]
         first = rows[0].params
-        want_logits = any(r.params.logprobs is not None for r in rows)
-        config = self._generation_config(first, max(r.params.max_tokens for r in rows), want_logits)
+        tops = [r.params.logprobs for r in rows if r.params.logprobs is not None]
+        recorder = _StepLogprobs(self.model, max(tops)) if tops else None
+        config = self._generation_config(first, max(r.params.max_tokens for r in rows))
         stopper = _RowStopper(rows, prefix, lambda ids: self.codec.decode(ids))
         streamer = _RowStreamer(rows, self.eos) if any(r.sink for r in rows) else None
-        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
-            if first.seed is not None:
-                torch.manual_seed(first.seed)
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                generation_config=config,
-                stopping_criteria=StoppingCriteriaList([stopper]),
-                streamer=streamer,
-            )
+        try:
+            with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+                if first.seed is not None:
+                    torch.manual_seed(first.seed)
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    generation_config=config,
+                    stopping_criteria=StoppingCriteriaList([stopper]),
+                    streamer=streamer,
+                )
+        finally:
+            if recorder is not None:
+                recorder.detach()
+        if recorder is not None:
+            recorder.last_step(out.sequences[:, -1])
         sequences = out.sequences[:, prefix:].tolist()
         choices = [
-            self._choice(row, seq, i, out.logits)
+            self._choice(row, seq, i, recorder)
             for i, (row, seq) in enumerate(zip(rows, sequences, strict=False))
         ]
         start = 0
@@ -286,7 +345,7 @@ class TransformersBackend(Backend):
                 prompt_logprobs = self._prompt_logprobs(p.prompt_ids, p.params.logprobs)
             job.resolve(Generation(mine, len(p.prompt_ids), prompt_logprobs))
 
-    def _choice(self, row: _Row, seq: list[int], i: int, logits: tuple[torch.Tensor, ...] | None) -> Choice:
+    def _choice(self, row: _Row, seq: list[int], i: int, recorder: _StepLogprobs | None) -> Choice:
         ids = seq[: row.params.max_tokens]
         end = next((k for k, t in enumerate(ids) if t in self.eos), None)
         if row.stop_at is not None and (end is None or row.stop_at <= end):
@@ -297,34 +356,47 @@ class TransformersBackend(Backend):
         else:
             text, kept, reason = self.codec.decode(ids), len(ids), "length"
         choice = Choice(text, reason, kept)
-        if row.params.logprobs is not None and logits is not None:
-            choice.logprobs = []
-            for step, token in enumerate(ids[:kept]):
-                lp = torch.log_softmax(logits[step][i].float(), dim=-1)
-                choice.logprobs.append(self._token_logprob(lp, token, row.params.logprobs))
+        top = row.params.logprobs
+        if top is not None and recorder is not None:
+            piece = self.codec.token_text
+            choice.logprobs = [
+                TokenLogprob(piece(token), chosen, {piece(t): v for v, t in alternatives[:top]})
+                for token, (chosen, alternatives) in zip(ids[:kept], recorder.row(i, kept), strict=True)
+            ]
         return choice
 
-    def _token_logprob(self, lp: torch.Tensor, token: int, top: int) -> TokenLogprob:
-        alternatives: dict[str, float] = {}
-        if top > 0:
-            values, indices = lp.topk(top)
-            alternatives = {
-                self.codec.token_text(t): v for v, t in zip(values.tolist(), indices.tolist(), strict=False)
-            }
-        return TokenLogprob(self.codec.token_text(token), float(lp[token]), alternatives)
-
     def _prompt_logprobs(self, prompt: list[int], top: int) -> list[TokenLogprob]:
-        """Logprobs of the prompt's own tokens (the first has none), for `echo` with `logprobs`."""
+        """Logprobs of the prompt's own tokens (the first has none), for `echo` with `logprobs`.
+
+        The prompt goes through the model `PROMPT_CHUNK` positions at a time over its KV cache, so
+        memory holds one chunk's logits (chunk x vocabulary), whatever the prompt's length.
+        """
+        text = self.codec.token_text
         if self.seq2seq or len(prompt) < 2:
-            return [TokenLogprob(self.codec.token_text(t), None) for t in prompt]
+            return [TokenLogprob(text(t), None) for t in prompt]
+        scored = [TokenLogprob(text(prompt[0]), None)]
+        cache = None
         with torch.inference_mode():
-            [(values, tops)] = self._logprobs([prompt[:1]], [prompt[1:]], top)
-        first = TokenLogprob(self.codec.token_text(prompt[0]), None)
-        rest = [
-            TokenLogprob(self.codec.token_text(t), v, {self.codec.token_text(k): x for k, x in alt.items()})
-            for t, v, alt in zip(prompt[1:], values, tops, strict=True)
-        ]
-        return [first, *rest]
+            for start in range(0, len(prompt) - 1, PROMPT_CHUNK):
+                chunk = prompt[start : start + PROMPT_CHUNK]
+                out = self.model(
+                    input_ids=torch.tensor([chunk], device=self.device), cache=cache, use_cache=True
+                )
+                cache = out.cache
+                following = prompt[start + 1 : start + 1 + len(chunk)]  # position j predicts token j + 1
+                lp = torch.log_softmax(out.logits[0, : len(following)].float(), dim=-1)
+                chosen = lp.gather(-1, torch.tensor(following, device=lp.device)[:, None])[:, 0].tolist()
+                best: list[dict[str, float]] = [{} for _ in following]
+                if top > 0:
+                    values, ids = lp.topk(top, dim=-1)
+                    best = [
+                        {text(t): v for v, t in zip(vs, ts, strict=True)}
+                        for vs, ts in zip(values.tolist(), ids.tolist(), strict=True)
+                    ]
+                scored += [
+                    TokenLogprob(text(t), v, alt) for t, v, alt in zip(following, chosen, best, strict=True)
+                ]
+        return scored
 
     def _logprobs(
         self, prompts: list[list[int]], conts: list[list[int]], top: int = 0

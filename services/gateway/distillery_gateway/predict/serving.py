@@ -3,8 +3,9 @@
 The answer task input is `student_input(example, answer_prefix)` wrapped by the trainer's encoder; the
 greedy answer is mapped to an option with `parse_answer`. When it names no option, the option with the
 best `acc_norm` score (`distillery.distill.option_scoring`, the scorer `distillery eval` reports: summed
-log-probability of its answer target `(b) text` per character) is chosen, so `answer_index` is always
-valid. Every question of a batch goes to the engine at once, so they share batched generate calls.
+log-probability of its answer target per character, in the answer format the student was trained on,
+`option text` or `(b) option text`) is chosen, so `answer_index` is always valid. Every question of
+a batch goes to the engine at once, so they share batched generate calls.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from distillery_gateway.predict.protocol import (
 )
 from distillery_gateway.serving_base import ServingBase, engine_errors
 
-ANSWER_TOKENS = 32  # a target is one line, `(b) option text`; the letter comes first
+ANSWER_TOKENS = 32  # a target is one line, `option text` or `(b) option text`
 DEFAULT_TEACHER = "llama-2-7b-chat"  # the paper's `rationale: ` prefix, for students without teachers
 
 
@@ -123,7 +124,7 @@ class PredictServing(ServingBase):
     @staticmethod
     async def _option_scores(backend: Backend, prompt: list[int], example: Example) -> OptionScores:
         """Every option's answer target scored after the answer prompt, as `distillery eval` scores it."""
-        targets = option_targets(example)
+        targets = option_targets(example, backend.codec.answer_format)
         context, lead = split_prompt(backend.codec.encoder, prompt)
         ids = [lead + scored_target_ids(backend.codec.encoder, target) for target in targets]
         return OptionScores.of(targets, await backend.score(context, ids))

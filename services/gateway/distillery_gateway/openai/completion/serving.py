@@ -81,9 +81,7 @@ class CompletionServing(ServingBase):
             longest = max(len(ids) for _, ids in prompts)
             max_tokens = self.max_tokens(backend, longest, req.max_tokens, "prompt")
             if req.logprobs is not None:
-                echoed = sum(len(ids) for _, ids in prompts) if req.echo else 0
-                rows = len(prompts) * (req.n or 1)
-                max_tokens = self.bound_logprobs(max_tokens, req.max_tokens, rows, echoed)
+                max_tokens = self.bound_logprobs(max_tokens, req.max_tokens, len(prompts) * (req.n or 1))
             params = self.sampling(req, max_tokens, req.logprobs, echo=bool(req.echo))
             if req.stream:
                 with engine_errors(self.manager):
