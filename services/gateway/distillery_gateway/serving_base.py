@@ -127,6 +127,8 @@ async def merge(streams: Sequence[AsyncIterator[Any]]) -> AsyncIterator[tuple[in
 class ServingBase:
     """Holds the model manager and settings; leases the served model for one request."""
 
+    route = ""  # the route it serves, as the request metrics name it
+
     def __init__(self, manager: ModelManager, settings: Settings, metrics: GatewayMetrics):
         self.manager, self.settings, self.metrics = manager, settings, metrics
 
@@ -233,6 +235,10 @@ class ServingBase:
                 async for event in events:
                     data = event.model_dump_json() if isinstance(event, BaseModel) else json.dumps(event)
                     yield {"data": data}
+            except (asyncio.CancelledError, GeneratorExit):
+                # The client left (the stream is cancelled): closing the stack stops the generation.
+                self.metrics.cancelled.labels(self.route).inc()
+                raise
             except (EngineError, ModelNotFound) as exc:
                 # Headers are gone; the error travels as an event, as OpenAI and vLLM do.
                 api = to_api_error(exc)

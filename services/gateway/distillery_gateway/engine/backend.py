@@ -35,4 +35,10 @@ class Backend(ABC):
 
     @property
     def queue_depth(self) -> int:
+        """Requests waiting for the model."""
+        return 0
+
+    @property
+    def running(self) -> int:
+        """Sequences being generated (or scored) now."""
         return 0

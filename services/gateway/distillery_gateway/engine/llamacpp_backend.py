@@ -70,6 +70,11 @@ class _ChoiceRun:
         return Choice(text, self.reason, len(self.ids) + self.ended_by_eos, self.logprobs)
 
 
+def _cancel(seqs: list[Sequence]) -> None:
+    for seq in seqs:
+        seq.cancelled = True
+
+
 def token_logprob(codec: Codec, logprobs: np.ndarray, token: int, top: int) -> TokenLogprob:
     alternatives = {codec.token_text(t): v for t, v in top_alternatives(logprobs, top)}
     return TokenLogprob(codec.token_text(token), float(logprobs[token]), alternatives)
@@ -107,9 +112,17 @@ class LlamaCppBackend(Backend):
     def queue_depth(self) -> int:
         return self.engine.waiting
 
+    @property
+    def running(self) -> int:
+        return self.engine.running
+
     async def generate(self, prompt_ids: Seq[int], params: SamplingParams) -> Generation:
-        result, _ = self._start(list(prompt_ids), params, None)
-        return await result
+        result, seqs = self._start(list(prompt_ids), params, None)
+        try:
+            return await result
+        except asyncio.CancelledError:  # the caller went away: stop at the next step
+            _cancel(seqs)
+            raise
 
     def stream(self, prompt_ids: Seq[int], params: SamplingParams) -> AsyncIterator[Delta | Generation]:
         loop = asyncio.get_running_loop()
@@ -121,11 +134,7 @@ class LlamaCppBackend(Backend):
         result, seqs = self._start(list(prompt_ids), params, sink)  # QueueFull here, before any response
         result.add_done_callback(lambda _: queue.put_nowait(END))
 
-        def cancel() -> None:
-            for seq in seqs:
-                seq.cancelled = True
-
-        return QueuedStream(queue, result, cancel)
+        return QueuedStream(queue, result, lambda: _cancel(seqs))
 
     async def score(self, prompt_ids: Seq[int], continuations: Seq[Seq[int]]) -> list[list[float]]:
         loop = asyncio.get_running_loop()

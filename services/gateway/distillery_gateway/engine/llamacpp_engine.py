@@ -117,6 +117,11 @@ class LlamaCppEngine:
         llama_cpp.llama_free(self.ctx)
         llama_cpp.llama_model_free(self.model)
 
+    @property
+    def running(self) -> int:
+        """Sequences decoding or prefilling now (the decode thread's list; its length reads safely)."""
+        return len(self._active)
+
     # --- the decode thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:

@@ -134,6 +134,10 @@ class ModelManager:
         return self._slot.backend.queue_depth if self._slot else 0
 
     @property
+    def running(self) -> int:
+        return self._slot.backend.running if self._slot else 0
+
+    @property
     def max_context(self) -> int | None:
         return self._slot.backend.codec.max_context if self._slot else None
 

@@ -214,6 +214,10 @@ class TransformersBackend(Backend):
     def queue_depth(self) -> int:
         return self.batcher.depth
 
+    @property
+    def running(self) -> int:
+        return self.batcher.running_rows
+
     # --- the async side -------------------------------------------------------------------------
 
     @staticmethod

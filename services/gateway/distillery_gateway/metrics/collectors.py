@@ -47,6 +47,18 @@ class GatewayMetrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.running = Gauge(
+            "distillery_student_running",
+            "Sequences the student is generating or scoring now.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "distillery_gateway_requests_cancelled",
+            "Requests whose client left before the answer; their generation was stopped.",
+            ["route"],
+            registry=r,
+        )
         self.tokens = Counter(
             "distillery_student_tokens", "Tokens processed by the student.", ["kind"], registry=r
         )

@@ -1,4 +1,5 @@
-"""The exposition of the app's metrics, with the engine's queue depth read at scrape time."""
+"""The exposition of the app's metrics, with the engine's queue depth and running sequences read at
+scrape time."""
 
 from __future__ import annotations
 
@@ -12,4 +13,5 @@ class MetricsServing:
 
     def exposition(self) -> bytes:
         self.metrics.queue_depth.set(self.manager.queue_depth)
+        self.metrics.running.set(self.manager.running)
         return self.metrics.exposition()

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from distillery_gateway.deps import require_scope, serving
+from distillery_gateway.disconnect import unless_disconnected
 from distillery_gateway.openai.responses import serving_responses
 from distillery_gateway.serving_base import json_response
 
@@ -29,11 +30,13 @@ def generation_router(
 ) -> APIRouter:
     """A router with the one route `POST path`, named `name`, served by the app's `serving_cls`."""
 
-    async def endpoint(body: Any, service: Any) -> Response:
-        return json_response(await service.create(body))
+    async def endpoint(body: Any, service: Any, raw: Request) -> Response:
+        return json_response(await unless_disconnected(raw, service.create(body)))
 
     # FastAPI reads the body's model and the dependency from the annotations, set per route.
-    endpoint.__annotations__.update(body=request, service=Annotated[serving_cls, serving(serving_cls)])
+    endpoint.__annotations__.update(
+        body=request, service=Annotated[serving_cls, serving(serving_cls)], raw=Request
+    )
     router = APIRouter(tags=["openai"])
     router.add_api_route(
         path,

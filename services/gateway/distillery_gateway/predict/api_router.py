@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from distillery_gateway.deps import require_scope, serving
+from distillery_gateway.disconnect import unless_disconnected
 from distillery_gateway.errors import ErrorResponse
 from distillery_gateway.predict.protocol import (
     BatchPrediction,
@@ -29,12 +30,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/v1/predict", response_model=Prediction, responses=RESPONSES)
-async def predict(body: PredictRequest, predictor: Predictor) -> Response:
+async def predict(body: PredictRequest, predictor: Predictor, request: Request) -> Response:
     """Answer one multiple-choice question: a valid option index, optionally with a rationale."""
-    return json_response(await predictor.predict(body))
+    return json_response(await unless_disconnected(request, predictor.predict(body)))
 
 
 @router.post("/v1/predict/batch", response_model=BatchPrediction, responses=RESPONSES)
-async def predict_batch(body: BatchPredictRequest, predictor: Predictor) -> Response:
+async def predict_batch(body: BatchPredictRequest, predictor: Predictor, request: Request) -> Response:
     """Answer several questions in one request; they share batched generate calls."""
-    return json_response(await predictor.predict_batch(body))
+    return json_response(await unless_disconnected(request, predictor.predict_batch(body)))

@@ -65,6 +65,8 @@ def chat_logprobs(tokens: list[EngineLogprob] | None) -> ChoiceLogprobs | None:
 
 
 class ChatServing(ServingBase):
+    route = "/v1/chat/completions"
+
     def check_supported(self, req: ChatCompletionRequest) -> None:
         self.check_generation(req)
         if req.tools:

@@ -37,6 +37,8 @@ def completion_logprobs(tokens: list[TokenLogprob], offset: int = 0) -> Completi
 class CompletionServing(ServingBase):
     """Completes one or several prompts; several prompts (and `n`) share batched generate calls."""
 
+    route = "/v1/completions"
+
     def check_supported(self, req: CompletionRequest) -> None:
         self.check_generation(req)
         if req.suffix:

@@ -1,0 +1,86 @@
+"""A client that leaves mid-generation stops its generation, streamed or not, and is counted.
+
+The real SmolLM2 student behind a real gateway counts to a thousand (far longer than the test waits);
+a raw socket sends the request and is closed once the student is generating. `/metrics` then shows the
+request counted as cancelled and nothing left running, long before the generation could have ended.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from gateway_support import LiveGateway, gateway_settings, make_key, wait_until
+
+from distillery.config import Settings
+from distillery.modelhub import resolve_model
+
+COUNTING = "Count from 1 to 1000, separated by commas: 1, 2, 3, 4, 5, 6, 7, 8,"
+LONG = 2000  # tokens: well over a minute of SmolLM2 on a CPU
+
+
+@pytest.fixture(scope="module")
+def gw(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateway]:
+    base = Settings(home=tmp_path_factory.mktemp("home"), database_url=database_url, redis_url=redis_url)
+    model = str(resolve_model("smollm2-135m"))
+    with LiveGateway(gateway_settings(base, default_model=model, metrics_public=True)) as gateway:
+        yield gateway
+
+
+def metric(gw: LiveGateway, pattern: str) -> float:
+    found = re.search(pattern + r" ([0-9.e+-]+)$", httpx.get(f"{gw.url}/metrics").text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def running(gw: LiveGateway) -> float:
+    return metric(gw, r"^distillery_student_running")
+
+
+def cancelled(gw: LiveGateway, route: str) -> float:
+    return metric(gw, rf'^distillery_gateway_requests_cancelled_total\{{route="{re.escape(route)}"\}}')
+
+
+def send(gw: LiveGateway, key: str, path: str, body: dict) -> socket.socket:
+    """The request written on a raw connection (closing it is the client leaving)."""
+    url = urlsplit(gw.url)
+    conn = socket.create_connection((url.hostname, url.port))
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    conn.sendall(head.encode() + data)
+    return conn
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"prompt": COUNTING}),
+        ("/v1/completions", {"prompt": COUNTING, "stream": True}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": COUNTING}]}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": COUNTING}], "stream": True}),
+    ],
+    ids=["completion", "completion-stream", "chat", "chat-stream"],
+)
+def test_a_client_leaving_stops_its_generation(
+    gw: LiveGateway, database_url: str, path: str, body: dict
+) -> None:
+    key = make_key(database_url, ("infer",))
+    before = cancelled(gw, path)
+    wait_until(lambda: running(gw) == 0, 120, "an idle student")
+    conn = send(gw, key, path, {"model": "smollm2-135m", "max_tokens": LONG, "temperature": 0, **body})
+    try:
+        wait_until(lambda: running(gw) >= 1, 60, "the student generating")
+        if body.get("stream"):
+            assert conn.recv(256).startswith(b"HTTP/1.1 200")  # the stream has started
+    finally:
+        conn.close()
+    wait_until(lambda: cancelled(gw, path) == before + 1, 30, "the request counted as cancelled")
+    wait_until(lambda: running(gw) == 0, 30, "the generation stopped")
