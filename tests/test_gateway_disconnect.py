@@ -1,4 +1,5 @@
-"""A client that leaves mid-generation stops its generation, streamed or not, and is counted.
+"""Generation that nobody waits for stops: a client that leaves mid-generation (streamed or not) is
+counted and its generation stopped, and a request still queued at its deadline gets 503.
 
 The real SmolLM2 student behind a real gateway counts to a thousand (far longer than the test waits);
 a raw socket sends the request and is closed once the student is generating. `/metrics` then shows the
@@ -84,3 +85,23 @@ def test_a_client_leaving_stops_its_generation(
         conn.close()
     wait_until(lambda: cancelled(gw, path) == before + 1, 30, "the request counted as cancelled")
     wait_until(lambda: running(gw) == 0, 30, "the generation stopped")
+
+
+@pytest.mark.slow
+def test_a_request_still_queued_at_its_deadline_gets_503(gw: LiveGateway, database_url: str) -> None:
+    settings = gw.app.state.settings.model_copy(update={"queue_timeout_s": 1.0})
+    key = make_key(database_url, ("infer",))
+    with LiveGateway(settings) as other:
+        long = {"model": "smollm2-135m", "prompt": COUNTING, "max_tokens": LONG, "temperature": 0}
+        conn = send(other, key, "/v1/completions", long)
+        try:
+            wait_until(lambda: running(other) >= 1, 60, "the student generating")
+            # Sampled, so it cannot join the greedy batch that is running: it waits in the queue.
+            sampled = {**long, "max_tokens": 4, "temperature": 0.7}
+            headers = {"Authorization": f"Bearer {key}"}
+            response = httpx.post(f"{other.url}/v1/completions", json=sampled, headers=headers, timeout=60)
+        finally:
+            conn.close()
+        assert response.status_code == 503, response.text
+        assert "waited 1 s in the queue" in response.json()["error"]["message"]
+        assert response.headers["Retry-After"] == "1"

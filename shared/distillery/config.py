@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=16, ge=1, description="Most sequences in one batched generate.")
     batch_wait_ms: float = Field(default=5.0, ge=0, description="How long a batch waits for companions.")
     batch_queue_size: int = Field(default=256, ge=1, description="Queued requests before 503 + Retry-After.")
+    queue_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest a request waits for the student before 503 + Retry-After."
+    )
     max_request_bytes: int = Field(default=1_048_576, ge=1024, description="Larger request bodies get 413.")
     max_tokens_default: int = Field(default=512, ge=1, description="Completion cap when max_tokens is unset.")
     predict_max_items: int = Field(default=64, ge=1, description="Most items in one /v1/predict/batch.")

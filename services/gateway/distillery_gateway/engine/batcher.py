@@ -5,7 +5,8 @@ arriving (gaps under `wait_s`, at most a few windows, or until `max_rows` rows a
 waiting job with the same batch key that still fits,
 and runs them as one call on a one-thread executor, so the model runs one batch at a time and the event
 loop stays free. Requests that arrive while a batch runs form the next one. A full queue raises
-`QueueFull` at once (back-pressure) instead of growing without bound.
+`QueueFull` at once (back-pressure) instead of growing without bound, and a job still waiting after
+`max_wait_s` fails with `QueueTimeout`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillery_gateway.engine.types import ModelNotReady, QueueFull
+from distillery_gateway.engine.types import ModelNotReady, QueueFull, QueueTimeout
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class Job:
     cancelled: bool = False
     future: asyncio.Future | None = field(default=None, repr=False)
     loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    deadline: asyncio.TimerHandle | None = field(default=None, repr=False)  # fails it while it waits
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
         """Complete the job from any thread."""
@@ -73,8 +75,10 @@ class MicroBatcher:
         name: str = "batch",
         on_batch: BatchObserver | None = None,
         thread_init: Callable[[], None] | None = None,
+        max_wait_s: float | None = None,
     ):
         self._run_batch = run_batch
+        self.max_wait_s = max_wait_s
         self.max_rows = max_rows
         self.wait_s = wait_s
         self.max_queue = max_queue
@@ -105,6 +109,8 @@ class MicroBatcher:
         self.start()
         job.loop = asyncio.get_running_loop()
         job.future = job.loop.create_future()
+        if self.max_wait_s is not None:
+            job.deadline = job.loop.call_later(self.max_wait_s, self._expire, job)
         self._pending.append(job)
         self._arrived.set()
         return job.future
@@ -112,8 +118,19 @@ class MicroBatcher:
     def cancel(self, job: Job) -> None:
         """The caller went away: drop the job, or stop generating for it in the running batch."""
         job.cancelled = True
+        if job.deadline is not None:
+            job.deadline.cancel()
         with contextlib.suppress(ValueError):
             self._pending.remove(job)
+
+    def _expire(self, job: Job) -> None:
+        """The job's queue deadline: fail it if it is still waiting (a running one runs to its end)."""
+        try:
+            self._pending.remove(job)
+        except ValueError:
+            return
+        if job.future is not None and not job.future.done():
+            job.future.set_exception(QueueTimeout(f"waited {self.max_wait_s:g} s in the queue"))
 
     async def submit(self, job: Job) -> Any:
         """Queue `job` and wait for its result."""
@@ -180,6 +197,9 @@ class MicroBatcher:
             else:
                 keep.append(job)
         self._pending = keep
+        for job in batch:
+            if job.deadline is not None:
+                job.deadline.cancel()
         return batch
 
     async def _loop(self) -> None:

@@ -40,6 +40,7 @@ def backend_factory(settings: Settings, metrics: GatewayMetrics | None = None) -
                 ctx_per_slot=settings.llamacpp_ctx,
                 threads=settings.student_threads,
                 queue_size=settings.batch_queue_size,
+                queue_timeout_s=settings.queue_timeout_s,
             )
         from distillery_gateway.engine.transformers_backend import TransformersBackend
 
@@ -50,6 +51,7 @@ def backend_factory(settings: Settings, metrics: GatewayMetrics | None = None) -
             queue_size=settings.batch_queue_size,
             on_batch=metrics.batch_size.observe if metrics else None,
             threads=settings.student_threads,
+            queue_timeout_s=settings.queue_timeout_s,
         )
 
     return build

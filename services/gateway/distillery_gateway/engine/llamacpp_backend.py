@@ -95,6 +95,7 @@ class LlamaCppBackend(Backend):
         ctx_per_slot: int = 2048,
         threads: int | None = None,
         queue_size: int = 256,
+        queue_timeout_s: float | None = None,
     ):
         self.codec = Codec(path)
         self.export = cached_export(path, gguf_dir, outtype)
@@ -106,6 +107,7 @@ class LlamaCppBackend(Backend):
             slots=slots,
             ctx_per_slot=self.codec.max_context,
             threads=threads or max(1, (os.cpu_count() or 2) // 2),  # as the transformers backend
+            max_wait_s=queue_timeout_s,
         )
 
     @property

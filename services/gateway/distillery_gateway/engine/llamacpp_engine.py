@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import llama_cpp
 import numpy as np
 
 from distillery_gateway.engine.sampling import Sampler
+from distillery_gateway.engine.types import QueueTimeout
 
 log = logging.getLogger(__name__)
 llama_log = logging.getLogger("llama.cpp")
@@ -52,6 +54,7 @@ class Sequence:
     cancelled: bool = False
     # engine state
     seq_id: int = -1
+    queued_at: float = 0.0  # monotonic time of submit()
     fed: int = 0
     generated: int = 0
     next_token: int | None = field(default=None, repr=False)
@@ -64,7 +67,16 @@ class EngineClosed(RuntimeError):
 class LlamaCppEngine:
     """A GGUF loaded once; `slots` sequences decode together, more wait in a queue."""
 
-    def __init__(self, gguf: str | Path, *, slots: int, ctx_per_slot: int, threads: int, n_batch: int = 512):
+    def __init__(
+        self,
+        gguf: str | Path,
+        *,
+        slots: int,
+        ctx_per_slot: int,
+        threads: int,
+        n_batch: int = 512,
+        max_wait_s: float | None = None,
+    ):
         llama_cpp.llama_log_set(_log_to_python, None)
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -90,6 +102,7 @@ class LlamaCppEngine:
         self._active: list[Sequence] = []
         self._closed = False
         self.waiting = 0
+        self.max_wait_s = max_wait_s  # a sequence still waiting for a slot after this fails (QueueTimeout)
         self._thread = threading.Thread(target=self._run, name="llamacpp-decode", daemon=True)
         self._thread.start()
 
@@ -104,6 +117,7 @@ class LlamaCppEngine:
                 f"{self.ctx_per_slot}-token context of a slot"
             )
         self.waiting += 1
+        seq.queued_at = time.monotonic()
         self._incoming.put(seq)
 
     def close(self) -> None:
@@ -133,6 +147,7 @@ class LlamaCppEngine:
                 for seq in backlog:
                     seq.on_done(EngineClosed("the model was unloaded"))
                 return
+            self._expire(backlog)
             while backlog and self._free and not stopping:
                 seq = backlog.pop(0)
                 self.waiting -= 1
@@ -148,6 +163,16 @@ class LlamaCppEngine:
                     log.exception("llama.cpp decode failed")
                     for seq in list(self._active):
                         self._finish(seq, exc)
+
+    def _expire(self, backlog: list[Sequence]) -> None:
+        """Fail the sequences that waited for a slot longer than `max_wait_s`."""
+        if self.max_wait_s is None or not backlog:
+            return
+        late = time.monotonic() - self.max_wait_s
+        for seq in [s for s in backlog if s.queued_at < late]:
+            backlog.remove(seq)
+            self.waiting -= 1
+            seq.on_done(QueueTimeout(f"waited {self.max_wait_s:g} s for a llama.cpp slot"))
 
     def _take(self, backlog: list[Sequence], block: bool) -> bool:
         """Move submitted sequences to `backlog`; True when close() was called."""

@@ -187,6 +187,7 @@ class TransformersBackend(Backend):
         queue_size: int = 256,
         on_batch: Callable[[int], None] | None = None,
         threads: int | None = None,
+        queue_timeout_s: float | None = None,
     ):
         self.codec = Codec(path)
         config = AutoConfig.from_pretrained(str(path))
@@ -208,6 +209,7 @@ class TransformersBackend(Backend):
             name="generate",
             on_batch=on_batch,
             thread_init=lambda: torch.set_num_threads(self.threads),
+            max_wait_s=queue_timeout_s,
         )
 
     @property

@@ -13,6 +13,10 @@ class QueueFull(EngineError):
     """The request queue is full: back-pressure (503 + Retry-After)."""
 
 
+class QueueTimeout(QueueFull):
+    """A request waited for the model longer than its queue deadline (503 + Retry-After)."""
+
+
 class ModelNotReady(EngineError):
     """No model is loaded yet, or the backend was closed under the request (503 + Retry-After)."""
 
