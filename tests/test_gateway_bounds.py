@@ -4,6 +4,7 @@
   requests still answer within 2 s, `/readyz` does not depend on Redis.
 - `logprobs` over DISTILLERY_MAX_LOGPROB_TOKENS generated tokens: 400 naming `logprobs`; without
   max_tokens it shrinks; an echoed prompt of any length is scored (in chunks, not counted).
+- The token budget charges prompt plus most completion tokens per key (429 past it).
 - Failed authentications are rate-limited per client (429 before any key lookup).
 - The session cookie is `Secure` behind a TLS ingress (X-Forwarded-Proto).
 - At least 30 malformed requests across the endpoints: a 4xx naming the field, and no row written.
@@ -94,6 +95,29 @@ def test_logprobs_are_capped(settings: Settings) -> None:
         shrunk = http.post("/v1/chat/completions", json={**chat, "n": 4}).json()
         assert "choices" in shrunk, shrunk
         assert all(len(c["logprobs"]["content"]) <= 4 for c in shrunk["choices"])
+
+
+def test_the_token_budget_counts_prompt_and_most_completion_tokens(settings: Settings) -> None:
+    key, other = make_key(settings.database_url, ("infer",)), make_key(settings.database_url, ("infer",))
+    budget = gateway_settings(settings, token_rate_limit_per_minute=100)
+    with gateway(budget) as url, httpx.Client(base_url=url, timeout=60) as http:
+        ready = time.monotonic() + 120
+        while http.get("/readyz").json()["status"] != "ready":
+            assert time.monotonic() < ready
+            time.sleep(0.2)
+        body = {"model": "tiny-causal", "prompt": "Hello there", "max_tokens": 60, "temperature": 0}
+        first = http.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert first.status_code == 200, first.text
+        # Under 40 of the 100 tokens a minute are left: a second request that may generate 60 is over.
+        second = http.post("/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert second.status_code == 429, second.text
+        error = second.json()["error"]
+        assert error["code"] == "token_rate_limit_exceeded" and "60 completion tokens" in error["message"]
+        assert int(second.headers["Retry-After"]) >= 1
+        # One request per minute would be nowhere near the request limit; another key has its own budget.
+        assert http.post(
+            "/v1/completions", json=body, headers={"Authorization": f"Bearer {other}"}
+        ).is_success
 
 
 @pytest.fixture

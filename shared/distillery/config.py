@@ -102,6 +102,14 @@ class Settings(BaseSettings):
         default=2.0, ge=0, description="How long a gateway trusts a checked key (a revocation's delay)."
     )
     rate_limit_burst: int | None = Field(default=None, ge=1, description="Bucket size; unset = the rate.")
+    token_rate_limit_per_minute: int = Field(
+        default=500_000, ge=1, description="Per-key budget of prompt + max completion tokens per minute."
+    )
+    max_sequences_per_key: int = Field(
+        default=64,
+        ge=1,
+        description="Sequences (prompts x n) one key may have queued or running per replica.",
+    )
     # Least privilege and bounded serving (the gateway; see docs/OPERATIONS.md).
     teacher_hosts: str = Field(
         default="localhost,127.0.0.1,::1,teacher-cpu,vllm-teacher-1,vllm-teacher-2",

@@ -30,6 +30,7 @@ from distillery import __version__
 from distillery.config import Settings, get_settings
 from distillery.queue import make_celery
 from distillery_gateway import errors, openapi
+from distillery_gateway.admission import Admission
 from distillery_gateway.deps import KeyCache, authenticate
 from distillery_gateway.engine.factory import backend_factory
 from distillery_gateway.engine.manager import ModelManager
@@ -103,6 +104,7 @@ def create_app(
 
     metrics = GatewayMetrics()
     manager = ModelManager(settings, database_url, backend_factory(settings, metrics), metrics)
+    admission = Admission(settings.token_rate_limit_per_minute, settings.max_sequences_per_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -113,6 +115,9 @@ def create_app(
         )
         app.state.auth_failures = AuthFailureGuard(
             RateLimiter(redis_url, settings.auth_failures_per_minute, prefix="authfail:", timeout_s=timeout)
+        )
+        admission.limiter = RateLimiter(
+            redis_url, settings.token_rate_limit_per_minute, prefix="ratelimit:tokens:", timeout_s=timeout
         )
         watcher = app.state.watcher = RegistryWatcher(manager, redis_url, settings.registry_poll_s)
         watcher.start()  # loads the served model in the background; /readyz says when it is in
@@ -125,6 +130,7 @@ def create_app(
         await manager.aclose()
         await app.state.rate_limiter.aclose()
         await app.state.auth_failures.limiter.aclose()
+        await admission.limiter.aclose()
         app.state.redis.close()
 
     app = FastAPI(
@@ -159,9 +165,9 @@ def create_app(
         HealthServing(database_url, app.state.redis, app.state.readiness_probes),
         MetricsServing(metrics, manager),
         ModelsServing(manager),
-        CompletionServing(manager, settings, metrics),
-        ChatServing(manager, settings, metrics),
-        PredictServing(manager, settings, metrics),
+        CompletionServing(manager, settings, metrics, admission),
+        ChatServing(manager, settings, metrics, admission),
+        PredictServing(manager, settings, metrics, admission),
         RegistryServing(manager, redis_url),
         JobService(app.state.celery, database_url),
         TeacherService(settings),

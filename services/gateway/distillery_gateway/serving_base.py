@@ -18,6 +18,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from distillery.config import Settings
+from distillery_gateway.admission import Admission
 from distillery_gateway.engine.backend import Backend
 from distillery_gateway.engine.manager import ModelManager, ModelNotFound, ServedModel
 from distillery_gateway.engine.types import (
@@ -129,8 +130,30 @@ class ServingBase:
 
     route = ""  # the route it serves, as the request metrics name it
 
-    def __init__(self, manager: ModelManager, settings: Settings, metrics: GatewayMetrics):
+    def __init__(
+        self,
+        manager: ModelManager,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        admission: Admission | None = None,
+    ):
         self.manager, self.settings, self.metrics = manager, settings, metrics
+        self.admission = admission
+
+    async def admit(
+        self,
+        stack: AsyncExitStack,
+        caller: str | None,
+        sequences: int,
+        tokens: tuple[int, int],
+        param: str,
+    ) -> None:
+        """Charge `caller` (a key id) `tokens` (prompt, most completion) and hold `sequences` of its
+        share of the queue until `stack` closes (see `admission`)."""
+        if self.admission is None or caller is None:
+            return
+        stack.enter_context(self.admission.share(caller, sequences, param))
+        await self.admission.charge(caller, *tokens)
 
     async def lease(self, stack: AsyncExitStack, model: str | None) -> tuple[ServedModel, Backend]:
         with engine_errors(self.manager):

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from distillery_gateway.deps import require_scope, serving
+from distillery_gateway.deps import PrincipalDep, require_scope, serving
 from distillery_gateway.disconnect import unless_disconnected
 from distillery_gateway.errors import ErrorResponse
 from distillery_gateway.predict.protocol import (
@@ -30,12 +30,17 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/v1/predict", response_model=Prediction, responses=RESPONSES)
-async def predict(body: PredictRequest, predictor: Predictor, request: Request) -> Response:
+async def predict(
+    body: PredictRequest, predictor: Predictor, request: Request, principal: PrincipalDep
+) -> Response:
     """Answer one multiple-choice question: a valid option index, optionally with a rationale."""
-    return json_response(await unless_disconnected(request, predictor.predict(body)))
+    return json_response(await unless_disconnected(request, predictor.predict(body, principal.key_id)))
 
 
 @router.post("/v1/predict/batch", response_model=BatchPrediction, responses=RESPONSES)
-async def predict_batch(body: BatchPredictRequest, predictor: Predictor, request: Request) -> Response:
+async def predict_batch(
+    body: BatchPredictRequest, predictor: Predictor, request: Request, principal: PrincipalDep
+) -> Response:
     """Answer several questions in one request; they share batched generate calls."""
-    return json_response(await unless_disconnected(request, predictor.predict_batch(body)))
+    answers = predictor.predict_batch(body, principal.key_id)
+    return json_response(await unless_disconnected(request, answers))

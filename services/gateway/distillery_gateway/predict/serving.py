@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Literal
 
 from distillery.distill.option_scoring import OptionScores, option_targets, scored_target_ids, split_prompt
@@ -49,14 +50,46 @@ def explain_prefix(backend: Backend, teacher: str | None, param: str) -> str:
     return known.get(teacher) or teacher_prefix(teacher)
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """One question as the student is prompted: the answer prompt, and the rationale prompt if wanted."""
+
+    example: Example
+    prompt: list[int]
+    rationale_prompt: list[int] | None
+
+    @classmethod
+    def of(cls, backend: Backend, item: PredictItem, teacher_param: str) -> _Asked:
+        codec = backend.codec
+        example = Example(
+            id="request", question=item.question, options=tuple(item.options), answer=0, context=item.context
+        )
+        rationale_prompt = None
+        if item.explain:
+            prefix = explain_prefix(backend, item.teacher, teacher_param)
+            rationale_prompt = codec.task_ids(student_input(example, prefix))
+        return cls(example, codec.task_ids(student_input(example, codec.answer_prefix)), rationale_prompt)
+
+    def tokens(self, rationale_tokens: int) -> tuple[int, int]:
+        """(prompt, most completion) tokens of answering it."""
+        if self.rationale_prompt is None:
+            return len(self.prompt), ANSWER_TOKENS
+        return len(self.prompt) + len(self.rationale_prompt), ANSWER_TOKENS + rationale_tokens
+
+
 class PredictServing(ServingBase):
-    async def predict(self, req: PredictRequest) -> Prediction:
+    route = "/v1/predict"
+
+    async def predict(self, req: PredictRequest, caller: str | None = None) -> Prediction:
         async with AsyncExitStack() as stack:
             served, backend = await self.lease(stack, req.model)
+            asked = _Asked.of(backend, req, "teacher")
+            sequences = 1 + (asked.rationale_prompt is not None)
+            await self.admit(stack, caller, sequences, asked.tokens(req.max_rationale_tokens), "explain")
             with engine_errors(self.manager):
-                return await self._answer(backend, served.id, req, req.max_rationale_tokens, "teacher")
+                return await self._answer(backend, served.id, req, asked, req.max_rationale_tokens)
 
-    async def predict_batch(self, req: BatchPredictRequest) -> BatchPrediction:
+    async def predict_batch(self, req: BatchPredictRequest, caller: str | None = None) -> BatchPrediction:
         limit = self.settings.predict_max_items
         if len(req.items) > limit:
             raise APIError(
@@ -68,37 +101,31 @@ class PredictServing(ServingBase):
         started = time.perf_counter()
         async with AsyncExitStack() as stack:
             served, backend = await self.lease(stack, req.model)
-            for i, item in enumerate(req.items):  # validate all before generating anything
-                if item.explain:
-                    explain_prefix(backend, item.teacher, f"items.{i}.teacher")
+            # Every item is validated and counted before anything is generated.
+            asked = [_Asked.of(backend, item, f"items.{i}.teacher") for i, item in enumerate(req.items)]
+            costs = [a.tokens(req.max_rationale_tokens) for a in asked]
+            sequences = sum(1 + (a.rationale_prompt is not None) for a in asked)
+            tokens = (sum(p for p, _ in costs), sum(c for _, c in costs))
+            await self.admit(stack, caller, sequences, tokens, "items")
             with engine_errors(self.manager):
                 answers = await asyncio.gather(
                     *(
-                        self._answer(backend, served.id, item, req.max_rationale_tokens, f"items.{i}.teacher")
-                        for i, item in enumerate(req.items)
+                        self._answer(backend, served.id, item, a, req.max_rationale_tokens)
+                        for item, a in zip(req.items, asked, strict=True)
                     )
                 )
         return BatchPrediction(data=answers, model=served.id, latency_ms=_ms(started))
 
     async def _answer(
-        self, backend: Backend, model: str, item: PredictItem, rationale_tokens: int, teacher_param: str
+        self, backend: Backend, model: str, item: PredictItem, asked: _Asked, rationale_tokens: int
     ) -> Prediction:
         started = time.perf_counter()
-        codec = backend.codec
-        example = Example(
-            id="request", question=item.question, options=tuple(item.options), answer=0, context=item.context
-        )
-        prompt = codec.task_ids(student_input(example, codec.answer_prefix))
+        example, prompt = asked.example, asked.prompt
         greedy = SamplingParams(max_tokens=ANSWER_TOKENS, temperature=0.0, stop=("\n",))
         calls = [backend.generate(prompt, greedy)]
-        if item.explain:
-            prefix = explain_prefix(backend, item.teacher, teacher_param)
-            rationale_prompt = codec.task_ids(student_input(example, prefix))
-            calls.append(
-                backend.generate(
-                    rationale_prompt, SamplingParams(max_tokens=rationale_tokens, temperature=0.0)
-                )
-            )
+        if asked.rationale_prompt is not None:
+            rationale = SamplingParams(max_tokens=rationale_tokens, temperature=0.0)
+            calls.append(backend.generate(asked.rationale_prompt, rationale))
         generations = await asyncio.gather(*calls)
         self.count_tokens(
             sum(g.prompt_tokens for g in generations), sum(g.completion_tokens for g in generations)

@@ -85,7 +85,9 @@ class ChatServing(ServingBase):
             if message.tool_calls:
                 raise self.unsupported(f"messages.{i}.tool_calls", "null or []")
 
-    async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | Response:
+    async def create(
+        self, req: ChatCompletionRequest, caller: str | None = None
+    ) -> ChatCompletionResponse | Response:
         self.check_supported(req)
         messages = [{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(req.messages)]
         stack = AsyncExitStack()
@@ -106,6 +108,8 @@ class ChatServing(ServingBase):
             if req.logprobs:
                 max_tokens = self.bound_logprobs(max_tokens, wanted, req.n or 1)
             params = self.sampling(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
+            tokens = (len(prompt_ids) * params.n, max_tokens * params.n)
+            await self.admit(stack, caller, params.n, tokens, "n")
             if req.stream:
                 with engine_errors(self.manager):
                     stream = self.close_with(stack, backend.stream(prompt_ids, params))

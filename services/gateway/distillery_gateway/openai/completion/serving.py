@@ -73,7 +73,9 @@ class CompletionServing(ServingBase):
                 out.append((backend.codec.decode(item, skip_special_tokens=False), list(item)))
         return out
 
-    async def create(self, req: CompletionRequest) -> CompletionResponse | Response:
+    async def create(
+        self, req: CompletionRequest, caller: str | None = None
+    ) -> CompletionResponse | Response:
         self.check_supported(req)
         stack = AsyncExitStack()
         streaming = False
@@ -85,6 +87,9 @@ class CompletionServing(ServingBase):
             if req.logprobs is not None:
                 max_tokens = self.bound_logprobs(max_tokens, req.max_tokens, len(prompts) * (req.n or 1))
             params = self.sampling(req, max_tokens, req.logprobs, echo=bool(req.echo))
+            rows = len(prompts) * params.n
+            prompt_tokens = sum(len(ids) for _, ids in prompts) * params.n
+            await self.admit(stack, caller, rows, (prompt_tokens, rows * max_tokens), "prompt")
             if req.stream:
                 with engine_errors(self.manager):
                     streams = [self.close_with(stack, backend.stream(ids, params)) for _, ids in prompts]

@@ -1,5 +1,6 @@
-"""Generation that nobody waits for stops: a client that leaves mid-generation (streamed or not) is
-counted and its generation stopped, and a request still queued at its deadline gets 503.
+"""The student's time is bounded and shared: a client that leaves mid-generation (streamed or not) is
+counted and its generation stopped, a request still queued at its deadline gets 503, and one key
+cannot hold more than its share of the queue.
 
 The real SmolLM2 student behind a real gateway counts to a thousand (far longer than the test waits);
 a raw socket sends the request and is closed once the student is generating. `/metrics` then shows the
@@ -12,6 +13,7 @@ import json
 import re
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import httpx
@@ -105,3 +107,35 @@ def test_a_request_still_queued_at_its_deadline_gets_503(gw: LiveGateway, databa
         assert response.status_code == 503, response.text
         assert "waited 1 s in the queue" in response.json()["error"]["message"]
         assert response.headers["Retry-After"] == "1"
+
+
+@pytest.mark.slow
+def test_a_key_holds_at_most_its_share_of_the_queue(gw: LiveGateway, database_url: str) -> None:
+    settings = gw.app.state.settings.model_copy(update={"max_sequences_per_key": 4})
+    key, other = make_key(database_url, ("infer",)), make_key(database_url, ("infer",))
+    short = {"model": "smollm2-135m", "prompt": "Hi", "max_tokens": 2, "temperature": 0}
+
+    def post(as_key: str, body: dict) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {as_key}"}
+        return httpx.post(f"{limited.url}/v1/completions", json=body, headers=headers, timeout=60)
+
+    with LiveGateway(settings) as limited, ThreadPoolExecutor(1) as pool:
+        too_big = post(key, {**short, "n": 5})
+        assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "prompt"
+        conn = send(
+            limited, key, "/v1/completions", {**short, "prompt": COUNTING, "max_tokens": LONG, "n": 4}
+        )
+        try:
+            wait_until(lambda: running(limited) >= 4, 60, "the student generating four sequences")
+            # Another key is admitted (it queues behind the running batch); this key is refused at once.
+            queued = pool.submit(post, other, short)
+            mine = post(key, short)
+        finally:
+            conn.close()
+        assert mine.status_code == 429 and mine.json()["error"]["code"] == "queue_share_exceeded", mine.text
+        assert mine.headers["Retry-After"] == "1"
+        theirs = queued.result()
+        assert theirs.status_code == 200, theirs.text
+        wait_until(lambda: running(limited) == 0, 30, "the generation stopped")
+        again = post(key, short)
+        assert again.status_code == 200, again.text  # the share is given back when the client leaves
