@@ -16,11 +16,12 @@ from distillery.datasets import SAMPLES_DIR, dataset_file, load_jsonl
 from distillery.rationales.checks import agrees_with_gold, is_truncated
 from distillery.store import examples as ex_store
 from distillery.store import models as m
-from distillery.store.db import session_scope
+from distillery.store.db import get_engine, session_scope
 from distillery.store.rationales import (
     RationaleFileError,
     dump_line,
     export_lines,
+    export_pages,
     import_rationale_file,
     record_failure,
     teacher_stats,
@@ -181,6 +182,22 @@ def test_export_round_trips_into_the_precomputed_import(
     back = {v: k for k, v in renamed.items()}
     assert [{**line, "teacher": back[line["teacher"]]} for line in again] == original
     assert len(only_llama) == n and {line["teacher"] for line in only_llama} == {"llama-copy"}
+
+
+def test_a_paged_export_reads_the_same_lines_and_holds_no_connection_between_pages(
+    arc_train: tuple[str, int, Path],
+) -> None:
+    url, _, path = arc_train
+    with session_scope(url) as session:
+        job_id = import_rationale_file(session, path, "arc", "train").job_id
+        whole = list(export_lines(session, job_id))
+        reordered = list(export_lines(session, job_id, ["llama-2-7b-chat", "flan-t5-xl"]))
+    pool = get_engine(url).pool
+    pages = export_pages(url, job_id, page=7)
+    first = next(pages)
+    assert pool.checkedout() == 0  # a reader that stops here keeps no connection
+    assert [first, *pages] == whole
+    assert list(export_pages(url, job_id, ["llama-2-7b-chat", "flan-t5-xl"], page=7)) == reordered
 
 
 def test_export_of_unknown_job_or_teacher_is_a_lookup_error(arc_train: tuple[str, int, Path]) -> None:

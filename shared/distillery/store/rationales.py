@@ -19,7 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, Float, Select, TextClause, case, cast, func, literal_column, select
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Select,
+    TextClause,
+    case,
+    cast,
+    func,
+    literal_column,
+    select,
+    tuple_,
+)
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
@@ -31,6 +42,7 @@ from distillery.datasets import DatasetError, Problem, as_id, json_lines, object
 from distillery.rationales.checks import agrees_with_gold, is_duplicate, is_truncated
 from distillery.records import Example
 from distillery.store import models as m
+from distillery.store.db import session_scope
 from distillery.store.examples import find_dataset, split_query, to_record
 from distillery.teachers.base import TeacherSpec
 
@@ -226,14 +238,12 @@ def list_rationales(session: Session, job_id: str, query: RationaleFilter) -> tu
     return rows[: query.limit], len(rows) > query.limit
 
 
-def export_lines(
-    session: Session, job_id: str, teacher_names: list[str] | None = None
-) -> Iterator[dict[str, Any]]:
-    """A job's rationales as exchange-format lines, in dataset order, streamed.
+_ExportSelect = Select[str, str, str, bool, bool | None, int, int, int]
 
-    Within an example, teachers come in the order of `teacher_names` (else registration order), then
-    samples in order. Raises LookupError for an unknown job or a teacher the job does not have.
-    """
+
+def _export_query(session: Session, job_id: str, teacher_names: list[str] | None) -> _ExportSelect:
+    """The SELECT of a job's lines in export order, with its order key (example, teacher position,
+    sample) as the last three columns. Raises LookupError for an unknown job or teacher."""
     if session.get(m.RationaleJob, job_id) is None:
         raise LookupError(f"no rationale job {job_id!r}")
     position: ColumnElement[int] = m.Teacher.id.expression
@@ -262,27 +272,61 @@ def export_lines(
             m.Rationale.text,
             m.Rationale.truncated,
             m.Rationale.agrees_with_gold,
+            m.Rationale.example_id,
+            position.label("position"),
+            m.Rationale.sample_index,
         )
         .join(m.Example, m.Rationale.example_id == m.Example.id)
         .join(m.Teacher, m.Rationale.teacher_id == m.Teacher.id)
         .where(m.Rationale.job_id == job_id)
         .order_by(m.Rationale.example_id, position, m.Rationale.sample_index)
-        .execution_options(yield_per=BATCH)
     )
     if teacher_names:
         stmt = stmt.where(m.Teacher.name.in_(teacher_names))
-    return _lines(session, stmt)
+    return stmt
 
 
-def _lines(session: Session, stmt: Select[str, str, str, bool, bool | None]) -> Iterator[dict[str, Any]]:
-    for ex_id, teacher, text, truncated, agrees in session.execute(stmt):
-        yield {
-            "id": ex_id,
-            "teacher": teacher,
-            "rationale": text,
-            "truncated": truncated,
-            "agrees_with_gold": agrees,
-        }
+def export_lines(
+    session: Session, job_id: str, teacher_names: list[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """A job's rationales as exchange-format lines, in dataset order, streamed.
+
+    Within an example, teachers come in the order of `teacher_names` (else registration order), then
+    samples in order. Raises LookupError for an unknown job or a teacher the job does not have.
+    """
+    stmt = _export_query(session, job_id, teacher_names).execution_options(yield_per=BATCH)
+    return (_line(row) for row in session.execute(stmt))
+
+
+def export_pages(
+    database_url: str, job_id: str, teacher_names: list[str] | None = None, page: int = BATCH
+) -> Iterator[dict[str, Any]]:
+    """`export_lines`, read `page` lines at a time, each page in a transaction of its own: between
+    pages (while a slow reader takes its time) no database connection is held."""
+    after: tuple[int, int, int] | None = None
+    while True:
+        with session_scope(database_url) as session:
+            stmt = _export_query(session, job_id, teacher_names)
+            if after is not None:
+                order = stmt.selected_columns
+                stmt = stmt.where(tuple_(order.example_id, order.position, order.sample_index) > after)
+            rows = session.execute(stmt.limit(page)).all()
+        yield from (_line(row) for row in rows)
+        if len(rows) < page:
+            return
+        last = rows[-1]
+        after = (last.example_id, last.position, last.sample_index)
+
+
+def _line(row: Sequence[Any]) -> dict[str, Any]:
+    ex_id, teacher, text, truncated, agrees = row[:5]
+    return {
+        "id": ex_id,
+        "teacher": teacher,
+        "rationale": text,
+        "truncated": truncated,
+        "agrees_with_gold": agrees,
+    }
 
 
 def dump_line(line: Mapping[str, Any]) -> str:

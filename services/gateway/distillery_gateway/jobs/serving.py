@@ -22,7 +22,6 @@ from distillery.store import examples as ex_store
 from distillery.store import jobs
 from distillery.store import models as m
 from distillery.store import rationales as rat_store
-from distillery.store.db import session_factory
 from distillery.teachers import registry
 from distillery_gateway.accepted import IDEMPOTENCY_HEADER
 from distillery_gateway.errors import APIError
@@ -312,15 +311,9 @@ class JobService:
         """The job's rationales in the exchange format, one JSON line each, streamed from the database.
 
         Checked here, before streaming starts (once the body is on its way, a status code cannot
-        change); the stream outlives the request's session and reads through one of its own.
+        change). The stream reads a page at a time, each in a short transaction of its own, so a
+        client that reads slowly holds no pooled connection while it does.
         """
         self._check_teachers(session, self.get_row(session, job_id), teachers)
-        return _export_lines(session_factory(self.database_url)(), job_id, teachers)
-
-
-def _export_lines(session: Session, job_id: str, teachers: list[str] | None) -> Iterator[bytes]:
-    try:
-        for line in rat_store.export_lines(session, job_id, teachers or None):
-            yield (rat_store.dump_line(line) + "\n").encode()
-    finally:
-        session.close()
+        lines = rat_store.export_pages(self.database_url, job_id, teachers or None)
+        return ((rat_store.dump_line(line) + "\n").encode() for line in lines)
