@@ -20,8 +20,10 @@ from jobs_support import Stack, import_arc, make_key
 
 from distillery.config import Settings
 from distillery.distill.config import TrainConfig
+from distillery.records import Example
 from distillery.store import examples as ex_store
 from distillery.store import jobs as job_store
+from distillery.store import models as m
 from distillery.store import runs as run_store
 from distillery.store.db import session_scope
 from distillery.teachers import registry
@@ -289,3 +291,45 @@ def test_an_infer_only_key_sees_the_403_of_cancel_and_promote(stack: UIStack, br
     expect(notice(admin)).to_have_text(f"Job {job_id} cancelled.")
     assert stack.job(job_id)["status"] == "cancelled"
     admin.context.close()
+
+
+XSS = '<img src=x onerror="window.__xss=1" data-xss="1"><script>window.__xss=1</script>'
+
+
+def test_markup_in_stored_text_renders_as_text(stack: UIStack, browser: Browser) -> None:
+    """Rationale text, teacher names and dataset names are shown escaped, never run as markup."""
+    url = stack.settings.database_url
+    with session_scope(url) as session:
+        # Written straight to the database: whatever the API accepts, the pages must not trust it.
+        ex_store.import_examples(
+            session, f"ds{XSS}", "train", [Example("x1", f"Which? {XSS}", ("a", f"b {XSS}"), 1)]
+        )
+        dataset = ex_store.find_dataset(session, f"ds{XSS}")
+        [(example_id, _)] = ex_store.load_examples(session, f"ds{XSS}", "train")
+        teacher = m.Teacher(name=f"t{XSS}"[:100], backend="precomputed", prefix="explain: ")
+        session.add(teacher)
+        session.flush()
+        job, _ = job_store.create_job(
+            session,
+            dataset_id=dataset.id,
+            split="train",
+            example_ids=[example_id],
+            teacher_ids=[teacher.id],
+            samples_per_example=1,
+            params={"teachers": [teacher.name]},
+        )
+        session.add(m.Rationale(job_id=job.id, example_id=example_id, teacher_id=teacher.id, text=XSS))
+        job_id = job.id
+    page = open_page(browser)
+    fired: list[str] = []
+    page.on("dialog", lambda dialog: (fired.append(dialog.message), dialog.dismiss()))
+    login(page, stack, stack.key)
+    for path in ("/ui/jobs", f"/ui/jobs/{job_id}/rationales", "/ui/teachers"):
+        page.goto(stack.url + path)
+        page.wait_for_load_state("networkidle")
+        expect(page.locator("body")).to_contain_text('<img src=x onerror="window.__xss=1"')
+        assert page.locator("[data-xss]").count() == 0, path
+        assert page.evaluate("() => window.__xss === undefined"), path
+    shot(page, "escaped")
+    assert not fired
+    page.context.close()
