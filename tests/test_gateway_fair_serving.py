@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -85,8 +86,11 @@ def test_a_client_leaving_stops_its_generation(
             assert conn.recv(256).startswith(b"HTTP/1.1 200")  # the stream has started
     finally:
         conn.close()
+        left = time.monotonic()
     wait_until(lambda: cancelled(gw, path) == before + 1, 30, "the request counted as cancelled")
     wait_until(lambda: running(gw) == 0, 30, "the generation stopped")
+    stopped = time.monotonic() - left
+    print(f"{path} stream={bool(body.get('stream'))}: stopped {stopped:.2f} s after the client left")
 
 
 @pytest.mark.slow
