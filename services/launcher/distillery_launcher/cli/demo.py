@@ -160,8 +160,9 @@ def _wait(
             time.sleep(2)
 
 
-def _ask(gw: Gateway, model: str, questions: list[Example], desc: str) -> tuple[float, Counter[str]]:
-    """Accuracy of `model` on `questions`, asked through the official openai SDK, and its letter counts.
+def _ask(gw: Gateway, model: str, questions: list[Example], desc: str) -> tuple[list[bool], Counter[str]]:
+    """Whether `model` answers each of `questions` right, asked through the official openai SDK, and
+    its letter counts.
 
     Eight questions are in flight at a time, as concurrent users would send them: the gateway's
     micro-batcher answers them in shared batches (greedy answers are the same as one at a time)."""
@@ -176,13 +177,13 @@ def _ask(gw: Gateway, model: str, questions: list[Example], desc: str) -> tuple[
         )
         return parse_answer(reply.choices[0].message.content or "", list(ex.options))
 
-    correct, letters = 0, Counter[str]()
+    right, letters = [], Counter[str]()
     with ThreadPoolExecutor(ASK_CONCURRENCY) as pool:
         picks = tqdm(pool.map(pick, questions), total=len(questions), desc=desc, unit="q")
         for ex, picked in zip(questions, picks, strict=True):
             letters[option_letter(picked) if picked is not None else "?"] += 1
-            correct += picked == ex.answer
-    return correct / len(questions), letters
+            right.append(picked == ex.answer)
+    return right, letters
 
 
 def demo(
@@ -212,7 +213,7 @@ def demo(
         model_id = _train_student(gw, len(train), [job_id, import_job])
         model_path, served = _promote(gw, model_id)
         after, after_letters = _ask(gw, served, dev_set, "after: distilled student")
-        _table(len(dev_set), before, before_letters, after, after_letters, served)
+        _table(before, before_letters, after, after_letters, served)
         typer.echo(
             f"\nartifacts: model {model_path}, runs under {settings.artifacts}, "
             f"data under {settings.home}, stack log {stack.log_path}"
@@ -346,17 +347,23 @@ def _serving(api: httpx.Client, model: str) -> bool:
     return any(r["model"] == model and r["serving"] for r in rows)
 
 
-def _table(n: int, before: float, bl: Counter, after: float, al: Counter, served: str) -> None:
+def _table(before: list[bool], bl: Counter, after: list[bool], al: Counter, served: str) -> None:
+    """The before/after table, and whether the difference is beyond noise (paired exact McNemar test)."""
+    from distillery.distill.stats import compare
+
     def letters(c: Counter) -> str:
         return " ".join(f"{k}:{v}" for k, v in sorted(c.items()))
 
-    se = ((before * (1 - before) + after * (1 - after)) / n) ** 0.5
+    paired = compare(after, before)
+    low, high = paired["ci95"]
     typer.echo("")
-    typer.echo(f"ARC dev, first {n} questions, asked through the openai SDK (greedy):")
+    typer.echo(f"ARC dev, first {paired['n']} questions, asked through the openai SDK (greedy):")
     typer.echo("| student | accuracy | answers by letter |\n|---|---|---|")
-    typer.echo(f"| SmolLM2-135M-Instruct, untrained | {before:.1%} | {letters(bl)} |")
-    typer.echo(f"| {served} (TinyLLM, 4 teachers) | {after:.1%} | {letters(al)} |")
+    typer.echo(f"| SmolLM2-135M-Instruct, untrained | {paired['accuracy_b']:.1%} | {letters(bl)} |")
+    typer.echo(f"| {served} (TinyLLM, 4 teachers) | {paired['accuracy_a']:.1%} | {letters(al)} |")
+    verdict = "beyond noise" if paired["mcnemar_p"] < 0.05 else "noise: no evidence of a difference"
     typer.echo(
-        f"difference {after - before:+.1%} (standard error about {se:.1%} at n={n}: "
-        "differences this small are noise at this scale)"
+        f"difference {paired['difference']:+.1%} on the same questions: {paired['only_a']} right only after "
+        f"training, {paired['only_b']} only before; exact McNemar p = {paired['mcnemar_p']:.3f}, 95 % CI "
+        f"[{low:+.1%}, {high:+.1%}] -> {verdict}"
     )
