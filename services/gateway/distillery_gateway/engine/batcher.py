@@ -77,12 +77,9 @@ class MicroBatcher:
         thread_init: Callable[[], None] | None = None,
         max_wait_s: float | None = None,
     ):
-        self._run_batch = run_batch
-        self.max_wait_s = max_wait_s
-        self.max_rows = max_rows
-        self.wait_s = wait_s
-        self.max_queue = max_queue
-        self._on_batch = on_batch
+        self._run_batch, self._on_batch = run_batch, on_batch
+        self.max_rows, self.max_queue = max_rows, max_queue
+        self.wait_s, self.max_wait_s = wait_s, max_wait_s
         self._pending: deque[Job] = deque()
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=thread_init)
