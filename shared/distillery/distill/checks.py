@@ -6,7 +6,6 @@ Each problem is a `ConfigError` naming the request field and what is accepted, s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Select, func, select
@@ -14,51 +13,15 @@ from sqlalchemy.orm import Session
 
 from distillery import modelhub
 from distillery.distill.config import TrainConfig
-from distillery.rationales.prompts import ANSWER_PREFIX, teacher_prefix
+
+# The pure records of a resolved run live in `multitask` (the offline GPU run needs them without a
+# database); they are imported from here as before.
+from distillery.distill.multitask import ConfigError as ConfigError
+from distillery.distill.multitask import ResolvedRun as ResolvedRun
+from distillery.distill.multitask import TeacherTask as TeacherTask
+from distillery.distill.multitask import teacher_tasks
 from distillery.store import models as m
 from distillery.store.examples import find_dataset, split_size
-
-
-class ConfigError(ValueError):
-    """A request field that does not fit the stored data."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-@dataclass(frozen=True)
-class TeacherTask:
-    """Teacher m's rationale task: task id m, its instruction prefix and alpha_m."""
-
-    task_id: int
-    name: str
-    teacher_id: int
-    prefix: str
-    alpha: float
-
-
-@dataclass(frozen=True)
-class ResolvedRun:
-    """A config whose names have been resolved to rows; the dataset builder's input."""
-
-    config: TrainConfig
-    dataset_id: int
-    job_ids: tuple[str, ...]
-    teachers: tuple[TeacherTask, ...]
-    train_examples: int
-    eval_examples: int
-    student: str  # what `resolve_model` loads: a known name, an HF dir, a registered model's dir
-
-    @property
-    def task_names(self) -> list[str]:
-        return ["answer", *(t.name for t in self.teachers)]
-
-    @property
-    def weights(self) -> list[float]:
-        """(w_A, alpha_1, ..., alpha_M) in task-id order."""
-        return [self.config.answer_weight, *(t.alpha for t in self.teachers)]
 
 
 def locate_student(session: Session | None, name: str) -> str | None:
@@ -216,14 +179,5 @@ def resolve_run(session: Session, cfg: TrainConfig) -> ResolvedRun:
             "alphas", f"names {sorted(missing)} are not teachers of this run ({[r.name for r in rows]})"
         )
 
-    used = {ANSWER_PREFIX: "the answer task"}
-    teachers = []
-    for task_id, row in enumerate(rows, start=1):
-        prefix = row.prefix or teacher_prefix(row.name)
-        if prefix in used:
-            raise ConfigError(
-                "teachers", f"teacher '{row.name}' uses prefix {prefix!r}, already used by {used[prefix]}"
-            )
-        used[prefix] = f"teacher '{row.name}'"
-        teachers.append(TeacherTask(task_id, row.name, row.id, prefix, cfg.alpha_of(row.name)))
-    return ResolvedRun(cfg, dataset.id, job_ids, tuple(teachers), train_examples, eval_examples, student)
+    teachers = teacher_tasks(cfg, [(row.name, row.id, row.prefix) for row in rows])
+    return ResolvedRun(cfg, dataset.id, job_ids, teachers, train_examples, eval_examples, student)

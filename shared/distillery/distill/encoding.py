@@ -9,8 +9,9 @@ the benchmark all encode through this one class, so what the student is taught i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from distillery.distill.loss import IGNORE_INDEX
 
@@ -94,3 +95,10 @@ class StudentEncoder:
         if self.seq2seq:
             return prompt_ids, target_ids
         return prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids
+
+
+def load_encoder(model_path: str | Path, max_input_tokens: int, max_target_tokens: int) -> StudentEncoder:
+    """The encoder of the student in HF directory `model_path` (its tokenizer; seq2seq or causal)."""
+    seq2seq = bool(getattr(AutoConfig.from_pretrained(str(model_path)), "is_encoder_decoder", False))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    return StudentEncoder(tokenizer, seq2seq, max_input_tokens, max_target_tokens)

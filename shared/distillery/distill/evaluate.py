@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import torch
 from transformers import PreTrainedModel
 
+from distillery.distill.config import TrainConfig
 from distillery.distill.encoding import StudentEncoder
 from distillery.distill.loss import IGNORE_INDEX, token_nll
 from distillery.distill.option_scoring import (
@@ -55,6 +56,14 @@ class EvalOptions:
     explain: int = 0  # questions to also ask for an explanation, per teacher prefix
     explain_tokens: int = 128
     answer_format: AnswerFormat = "letter_text"  # the form of the options' continuations (as trained)
+
+
+def eval_options(cfg: TrainConfig) -> EvalOptions:
+    """How a run's config asks its student to be evaluated."""
+    e = cfg.eval
+    return EvalOptions(
+        e.batch_size, e.max_new_tokens, e.likelihood, e.calibrate, e.explain, answer_format=cfg.answer_format
+    )
 
 
 @dataclass

@@ -8,6 +8,10 @@ Every configuration is an ordinary training run whose idempotency key is a hash 
 second invocation skips finished configurations, resumes an interrupted one from its checkpoint and
 retries failed ones. All configurations of a dataset evaluate on the same first N questions of the
 eval split (paired comparison).
+
+The store and the runner are imported where they are used: the grid itself (`PRESETS`, `plan`,
+`experiment_result`, `save_results`) imports without SQLAlchemy, for the offline GPU run
+(`scripts/gpu/run_gpu_small.py`) on a host without PostgreSQL.
 """
 
 from __future__ import annotations
@@ -18,17 +22,14 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from distillery.config import Settings
 from distillery.datasets import dataset_file, load_jsonl
 from distillery.distill.config import DEFAULT_ALPHA, TrainConfig
-from distillery.distill.runner import execute_run_in_process
-from distillery.store import models as m
-from distillery.store import runs as run_store
-from distillery.store.db import session_scope
-from distillery.store.examples import import_examples
-from distillery.store.rationales import import_rationale_file
+
+if TYPE_CHECKING:
+    from distillery.config import Settings
+    from distillery.store import models as m
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +160,9 @@ PRESETS: dict[str, Preset] = {
             "without each teacher; no alpha sweep (time).",
             "Generation (12 new tokens: OBQA options are a few words) and lm-eval acc/acc_norm; no "
             "calibrated score (it doubles the likelihood pass).",
-            "Budget estimate (idle 2-core machine, from cpu-small's per-step timings: a label step of 8 "
-            "~13 s, a task costs about as much as the answer task): label-ft 38 x 13 s ~8 min, LoRA ~7 min, "
-            "TinyLLM (3 tasks) ~25 min, each w/o (2 tasks) ~17 min: ~74 min of training; 6 x 500 questions "
-            "at ~0.8 s (generation + likelihood) ~40 min; loading/export ~2 min: ~116 min.",
+            "Budget, measured (2 cores, one invocation: 68.6 min): training label-ft 5.4 min (8.6 s a step "
+            "of 8), LoRA 3.0 min, TinyLLM (3 tasks) 15.4 min, each w/o (2 tasks) 7-7.5 min; each evaluation "
+            "of 500 questions (generation + likelihood) 4-6 min; loading/export under a minute a run.",
         ),
     ),
     "gpu-small": Preset(
@@ -249,7 +249,12 @@ class Experiment:
 
 def rationale_file(dataset: str, settings: Settings) -> Path | None:
     """The paper rationales of `dataset` that `prepare_data` imports: the shared copy, else the packaged."""
-    for base in (settings.rationales_dir, Path(__file__).resolve().parents[1] / "data" / "rationales"):
+    return rationale_path(dataset, settings.rationales_dir)
+
+
+def rationale_path(dataset: str, rationales_dir: Path) -> Path | None:
+    """`rationales_dir/<dataset>/train.jsonl`, else the packaged copy, else None."""
+    for base in (rationales_dir, Path(__file__).resolve().parents[1] / "data" / "rationales"):
         path = base / dataset / "train.jsonl"
         if path.is_file():
             return path
@@ -354,6 +359,10 @@ def prepare_data(
     database_url: str, settings: Settings, datasets: list[str], splits: tuple[str, ...]
 ) -> list[str]:
     """Import the datasets' splits and the paper's rationales for them (idempotent) -> report lines."""
+    from distillery.store.db import session_scope
+    from distillery.store.examples import import_examples
+    from distillery.store.rationales import import_rationale_file
+
     lines = []
     for dataset in datasets:
         with session_scope(database_url) as session:
@@ -390,7 +399,18 @@ def per_question(predictions: str | None) -> dict[str, list[Any]]:
 
 
 def _result(exp: Experiment, row: m.TrainingRun) -> dict[str, Any]:
-    metrics = row.metrics or {}
+    return experiment_result(exp, row.metrics or {}, row.loss_curve or [], row.id, row.status, row.error)
+
+
+def experiment_result(
+    exp: Experiment,
+    metrics: dict[str, Any],
+    loss_curve: list[dict[str, Any]],
+    run_id: str,
+    status: str,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """One configuration's entry of results.json (what the report reads), from its run's metrics."""
     ev = metrics.get("eval") or {}
     return {
         **per_question(metrics.get("predictions")),
@@ -399,9 +419,9 @@ def _result(exp: Experiment, row: m.TrainingRun) -> dict[str, Any]:
         "label": exp.label,
         "method": exp.config.method,
         "alpha": exp.alpha,
-        "run_id": row.id,
-        "status": row.status,
-        "error": row.error,
+        "run_id": run_id,
+        "status": status,
+        "error": error,
         "n": ev.get("n"),
         "accuracy": ev.get("accuracy"),
         "stderr": ev.get("stderr"),
@@ -415,7 +435,7 @@ def _result(exp: Experiment, row: m.TrainingRun) -> dict[str, Any]:
         "selection": metrics.get("selection"),
         "train_runtime_s": metrics.get("train_runtime_s"),
         "train_tokens_per_s": metrics.get("train_tokens_per_s"),
-        "loss_curve": row.loss_curve or [],
+        "loss_curve": loss_curve,
         "model_id": metrics.get("model_id"),
     }
 
@@ -428,6 +448,10 @@ def run_grid(
     on_start: Callable[[Experiment, str, bool], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every experiment not finished yet (resuming interrupted ones); results in plan order."""
+    from distillery.distill.runner import execute_run_in_process
+    from distillery.store import runs as run_store
+    from distillery.store.db import session_scope
+
     results = []
     for exp in experiments:
         with session_scope(database_url) as session:

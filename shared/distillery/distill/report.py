@@ -120,6 +120,31 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
+def paired_comparisons(results: list[dict[str, Any]], baseline: str | None = None) -> list[dict[str, Any]]:
+    """Every pair of completed methods answered on the same questions, per score (`PAIRED_SCORES`) and
+    dataset, A before B in plan order: `stats.compare` of their per-question correctness, with the score,
+    dataset and labels. With `baseline` (a label, e.g. `label-ft`): only each other method (A) against it.
+    """
+    done = [r for r in results if r.get("status") == "completed" and r.get("question_ids")]
+    datasets = list(OrderedDict.fromkeys(r["dataset"] for r in done))
+    out = []
+    for key in PAIRED_SCORES:
+        for dataset in datasets:
+            runs = [r for r in done if r["dataset"] == dataset and r.get(key) is not None]
+            for i, first in enumerate(runs):
+                for second in runs[i + 1 :]:
+                    a, b = first, second
+                    if a["question_ids"] != b["question_ids"]:
+                        continue
+                    if baseline is not None and baseline not in (a["label"], b["label"]):
+                        continue
+                    if a["label"] == baseline:
+                        a, b = b, a
+                    pair = {"score": key, "dataset": dataset, "a": a["label"], "b": b["label"]}
+                    out.append({**pair, **compare(a[key], b[key])})
+    return out
+
+
 def paired_section(results: list[dict[str, Any]]) -> list[str]:
     """Markdown of every pair of completed methods answered on the same questions, per dataset and score:
     both right, only A, only B, exact McNemar p and the bootstrap 95 % CI of accuracy(A) - accuracy(B)."""
@@ -131,21 +156,16 @@ def paired_section(results: list[dict[str, Any]]) -> list[str]:
         "McNemar p-value and a bootstrap 95 % CI of the accuracy difference A - B (points). A CI that "
         "contains 0 (p >= 0.05) is a difference inside the noise.",
     ]
-    done = [r for r in results if r.get("status") == "completed" and r.get("question_ids")]
-    datasets = list(OrderedDict.fromkeys(r["dataset"] for r in done))
+    comparisons = paired_comparisons(results)
     for key, name in PAIRED_SCORES.items():
         rows = []
-        for dataset in datasets:
-            runs = [r for r in done if r["dataset"] == dataset and r.get(key) is not None]
-            for i, a in enumerate(runs):
-                for b in runs[i + 1 :]:
-                    if a["question_ids"] != b["question_ids"]:
-                        continue
-                    c = compare(a[key], b[key])
-                    low, high = c["ci95"]
-                    cells = [dataset, a["label"], b["label"], c["n"], c["both"], c["only_a"], c["only_b"]]
-                    cells += [f"{100 * c['difference']:+.1f}", f"[{100 * low:+.1f}, {100 * high:+.1f}]"]
-                    rows.append("| " + " | ".join(map(str, [*cells, f"{c['mcnemar_p']:.3g}"])) + " |")
+        for c in comparisons:
+            if c["score"] != key:
+                continue
+            low, high = c["ci95"]
+            cells = [c["dataset"], c["a"], c["b"], c["n"], c["both"], c["only_a"], c["only_b"]]
+            cells += [f"{100 * c['difference']:+.1f}", f"[{100 * low:+.1f}, {100 * high:+.1f}]"]
+            rows.append("| " + " | ".join(map(str, [*cells, f"{c['mcnemar_p']:.3g}"])) + " |")
         if rows:
             lines += [
                 "",

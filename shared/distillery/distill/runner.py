@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 from transformers import (
-    AutoConfig,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     TrainerCallback,
@@ -38,13 +36,14 @@ from distillery.config import Settings
 from distillery.distill.checks import ConfigError, ResolvedRun, resolve_run
 from distillery.distill.collator import MultiTaskCollator
 from distillery.distill.config import TrainConfig
-from distillery.distill.encoding import StudentEncoder
-from distillery.distill.evaluate import EvalOptions, evaluate, option_scores
+from distillery.distill.encoding import StudentEncoder, load_encoder
+from distillery.distill.evaluate import eval_options, evaluate, option_scores
 from distillery.distill.export import export_model, merged
 from distillery.distill.tasks import build_dataset
 from distillery.distill.trainer import (
     SELECTION_METRIC,
     DistillTrainer,
+    curve_point,
     load_student,
     precision,
     training_arguments,
@@ -64,7 +63,6 @@ log = logging.getLogger(__name__)
 CHILD_STOP_TIMEOUT_S = 30.0
 
 PROGRESS_INTERVAL_S = 2.0
-CURVE_KEYS = ("loss", "learning_rate", "grad_norm", "epoch")
 
 
 class RunCancelled(Exception):
@@ -135,15 +133,6 @@ def agree_on_cancel(cancelled: bool, device: torch.device) -> bool:
     flag = torch.tensor([1 if cancelled else 0], dtype=torch.int32, device=device)
     dist.broadcast(flag, src=0)
     return bool(flag.item())
-
-
-def curve_point(step: int, logs: Mapping[str, Any]) -> dict[str, float]:
-    """A loss-curve point of the run row from one Trainer log entry."""
-    point: dict[str, float] = {"step": step}
-    for key, value in logs.items():
-        if key in CURVE_KEYS or key.startswith("loss_"):
-            point[key] = float(f"{float(value):.6g}")
-    return point
 
 
 def checkpoint_curve(checkpoint: Path) -> list[dict[str, float]]:
@@ -221,13 +210,6 @@ class ProgressCallback(TrainerCallback):  # type: ignore[misc]  # transformers i
         if self.cancelled:
             control.should_training_stop = True
             control.should_save = True  # keep the work done so far
-
-
-def eval_options(cfg: TrainConfig) -> EvalOptions:
-    e = cfg.eval
-    return EvalOptions(
-        e.batch_size, e.max_new_tokens, e.likelihood, e.calibrate, e.explain, answer_format=cfg.answer_format
-    )
 
 
 @dataclass(frozen=True)
@@ -404,16 +386,15 @@ def _prepare(request: RunRequest, run: ResolvedRun) -> RunContext:
     """The student (converted on first use), its tokenizer and task encoder, the run's folders."""
     hp = run.config.hyperparameters
     model_path = resolve_model(run.student, request.settings)
-    seq2seq = bool(getattr(AutoConfig.from_pretrained(str(model_path)), "is_encoder_decoder", False))
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    encoder = load_encoder(model_path, hp.max_input_tokens, hp.max_target_tokens)
     return RunContext(
         request=request,
         run=run,
         paths=run_paths(request.settings, request.run_id),
         model_path=model_path,
-        seq2seq=seq2seq,
-        tokenizer=tokenizer,
-        encoder=StudentEncoder(tokenizer, seq2seq, hp.max_input_tokens, hp.max_target_tokens),
+        seq2seq=encoder.seq2seq,
+        tokenizer=encoder.tokenizer,
+        encoder=encoder,
         metrics={"tasks": run.task_names, "weights": run.weights},
     )
 

@@ -5,16 +5,15 @@
 
 Rows are streamed from PostgreSQL (server-side cursor, a chunk of examples at a time), encoded, and
 written once to an Arrow file in the run directory; training memory-maps that file, and a resumed run
-reads the same file, so the data order after a crash is the order before it.
+reads the same file, so the data order after a crash is the order before it. One example's tasks and
+their encoding are `distill.multitask`'s (shared with the offline GPU run).
 """
 
 from __future__ import annotations
 
 import os
-import random
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,9 @@ from sqlalchemy.orm import Session
 
 from distillery.distill.checks import ResolvedRun, rationale_scope
 from distillery.distill.encoding import StudentEncoder
-from distillery.rationales.checks import clean_rationale
-from distillery.rationales.prompts import ANSWER_PREFIX, answer_target, student_input
+from distillery.distill.multitask import Task as Task
+from distillery.distill.multitask import add_rationale, encode_row, example_tasks, taught_teachers
+from distillery.distill.multitask import shuffled as shuffled
 from distillery.records import Example
 from distillery.store import models as m
 from distillery.store.examples import split_query, to_record
@@ -39,22 +39,6 @@ FEATURES = datasets.Features(
         "num_tokens": datasets.Value("int32"),
     }
 )
-
-
-@dataclass(frozen=True)
-class Task:
-    task_id: int
-    input: str
-    target: str
-
-
-def shuffled(example: Example, seed: int) -> Example:
-    """The example with its options in a fixed pseudo-random order (per example id and seed)."""
-    order = list(range(len(example.options)))
-    random.Random(f"{seed}:{example.id}").shuffle(order)
-    return replace(
-        example, options=tuple(example.options[i] for i in order), answer=order.index(example.answer)
-    )
 
 
 def _examples(session: Session, run: ResolvedRun) -> Iterator[list[tuple[int, Example]]]:
@@ -87,44 +71,24 @@ def _rationales(
     rows = sorted(session.scalars(stmt), key=lambda r: (job_rank.get(r.job_id, 0), r.job_id, r.sample_index))
     found: dict[tuple[int, int], list[str]] = defaultdict(list)
     for r in rows:
-        text = clean_rationale(r.text, strip_lead=True) if cfg.filters.clean else r.text.strip()
-        bucket = found[(r.example_id, r.teacher_id)]
-        if text and len(bucket) < cfg.filters.samples_per_teacher:
-            bucket.append(text)
+        add_rationale(found[(r.example_id, r.teacher_id)], r.text, cfg.filters)
     return found
 
 
 def iter_tasks(session: Session, run: ResolvedRun) -> Iterator[tuple[Example, list[Task]]]:
     """Each training example with its tasks, answer task first, in stable example order."""
-    cfg = run.config
-    teachers = [t for t in run.teachers if t.alpha > 0]  # alpha 0 is training without the teacher: skip it
+    teachers = taught_teachers(run)
     for chunk in _examples(session, run):
         texts = _rationales(session, run, [row_id for row_id, _ in chunk]) if teachers else {}
         for row_id, example in chunk:
-            asked = shuffled(example, cfg.hyperparameters.seed) if cfg.filters.shuffle_options else example
-            tasks = [Task(0, student_input(asked, ANSWER_PREFIX), answer_target(asked, cfg.answer_format))]
-            for teacher in teachers:
-                for text in texts.get((row_id, teacher.teacher_id), []):
-                    tasks.append(Task(teacher.task_id, student_input(example, teacher.prefix), text))
-            yield example, tasks
+            found = [(t, texts.get((row_id, t.teacher_id), [])) for t in teachers]
+            yield example, example_tasks(example, run.config, found)
 
 
 def encode_rows(session: Session, run: ResolvedRun, encoder: StudentEncoder) -> Iterator[dict[str, Any]]:
     """Dataset rows: one per example, holding every task's token ids."""
     for example, tasks in iter_tasks(session, run):
-        input_ids, labels = [], []
-        for task in tasks:
-            ids, lab = encoder.encode(task.input, task.target)
-            input_ids.append(ids)
-            labels.append(lab)
-        num_tokens = sum(len(x) for x in input_ids) + (sum(len(x) for x in labels) if encoder.seq2seq else 0)
-        yield {
-            "example_id": example.id,
-            "input_ids": input_ids,
-            "labels": labels,
-            "task_ids": [t.task_id for t in tasks],
-            "num_tokens": num_tokens,
-        }
+        yield encode_row(example.id, tasks, encoder)
 
 
 def build_dataset(

@@ -7,7 +7,7 @@ logging, multi-GPU under `accelerate launch` / `torchrun` — is the stock `tran
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,17 @@ from transformers import PreTrainedModel, SchedulerType, Trainer, TrainingArgume
 
 from distillery.distill.config import LoraParams, TrainConfig
 from distillery.distill.loss import task_losses, tinyllm_loss
+
+CURVE_KEYS = ("loss", "learning_rate", "grad_norm", "epoch")
+
+
+def curve_point(step: int, logs: Mapping[str, Any]) -> dict[str, float]:
+    """A loss-curve point of the run row from one Trainer log entry."""
+    point: dict[str, float] = {"step": step}
+    for key, value in logs.items():
+        if key in CURVE_KEYS or key.startswith("loss_"):
+            point[key] = float(f"{float(value):.6g}")
+    return point
 
 
 class DistillTrainer(Trainer):  # type: ignore[misc]  # transformers is untyped here (pyproject)

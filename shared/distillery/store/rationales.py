@@ -38,9 +38,11 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import sqltypes
 
-from distillery.datasets import DatasetError, Problem, as_id, json_lines, object_problems
-from distillery.rationales.checks import agrees_with_gold, is_duplicate, is_truncated
-from distillery.records import Example
+from distillery.datasets import Problem
+from distillery.distill.rationale_file import ImportTarget, RationaleLine
+from distillery.distill.rationale_file import RationaleFileError as RationaleFileError
+from distillery.distill.rationale_file import parse_rationale_file as parse_rationale_file
+from distillery.rationales.checks import is_duplicate
 from distillery.store import models as m
 from distillery.store.db import session_scope
 from distillery.store.examples import find_dataset, split_query, to_record
@@ -64,10 +66,6 @@ COLUMN_DEFAULTS: dict[str, object] = {
 }
 REQUIRED_COLUMNS = ("job_id", "example_id", "teacher_id", "text")
 LINE_FIELDS = ("id", "teacher", "rationale", "truncated", "agrees_with_gold")
-
-
-class RationaleFileError(DatasetError):
-    """A rationale file was rejected whole; `problems` lists every bad line as `file:line: message`."""
 
 
 @dataclass(frozen=True)
@@ -335,113 +333,12 @@ def dump_line(line: Mapping[str, Any]) -> str:
 
 
 # --- import -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _ImportTarget:
-    """What a rationale file is checked against: the split's examples and the teacher renames."""
-
-    dataset: str
-    split: str
-    dataset_id: int
-    examples: dict[str, tuple[int, Example]]  # external id -> (row id, example)
-    teacher_map: dict[str, str]  # name in the file -> name in the database
-
-    def teacher_name(self, source: str) -> str:
-        return self.teacher_map.get(source, source)
-
-
-@dataclass(frozen=True)
-class _Line:
-    """A checked line of a rationale file, its flags taken from the file or computed."""
-
-    lineno: int
-    example_row: int
-    teacher: str  # name in the database (after teacher_map)
-    source_teacher: str  # name in the file
-    text: str
-    truncated: bool
-    agrees: bool | None
-
-
-def _check_line(
-    obj: object, lineno: int, where: str, target: _ImportTarget
-) -> tuple[_Line | None, list[Problem]]:
-    problems = object_problems(obj, ("id", "teacher", "rationale"), where, lineno)
-    if problems or not isinstance(obj, dict):
-        return None, problems
-
-    def bad(message: str) -> None:
-        problems.append(Problem(where, lineno, message))
-
-    ex_id, teacher, text = as_id(obj["id"]), obj["teacher"], obj["rationale"]
-    if not isinstance(ex_id, str) or not ex_id:
-        bad("field 'id' must be a non-empty string")
-    elif ex_id not in target.examples:
-        bad(f"unknown id {ex_id!r} (not an example of dataset '{target.dataset}', split '{target.split}')")
-    if not isinstance(teacher, str) or not teacher.strip():
-        bad("field 'teacher' must be a non-empty string")
-    elif not _valid_name(target.teacher_name(teacher)):
-        bad(
-            f"teacher name {target.teacher_name(teacher)!r} is not accepted (letters, digits, '.', '_', '-'; "
-            "at most 100; rename it with a teacher map)"
-        )
-    if not isinstance(text, str):
-        bad("field 'rationale' must be a string")
-    for flag in ("truncated", "agrees_with_gold"):
-        if flag in obj and obj[flag] is not None and not isinstance(obj[flag], bool):
-            bad(f"field '{flag}' must be true, false or null, got {obj[flag]!r}")
-    if problems or not isinstance(ex_id, str):
-        return None, problems
-    row_id, example = target.examples[ex_id]
-    truncated = obj.get("truncated")
-    line = _Line(
-        lineno=lineno,
-        example_row=row_id,
-        teacher=target.teacher_name(teacher),
-        source_teacher=teacher,
-        text=text,
-        truncated=is_truncated(text) if truncated is None else truncated,
-        # An explicit null is kept: the file says agreement is unknown.
-        agrees=obj["agrees_with_gold"] if "agrees_with_gold" in obj else agrees_with_gold(text, example),
-    )
-    return line, []
-
-
-def _valid_name(name: str) -> bool:
-    try:
-        TeacherSpec(name=name)
-    except ValueError:
-        return False
-    return True
-
-
-def parse_rationale_file(content: bytes, where: str, target: _ImportTarget) -> list[_Line]:
-    """Every line checked; RationaleFileError listing each problem as `file:line: message`."""
-    try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RationaleFileError(
-            [Problem(where, 0, f"not UTF-8 text ({exc.reason} at byte {exc.start})")]
-        ) from None
-    lines: list[_Line] = []
-    problems: list[Problem] = []
-    # split("\n"), not splitlines(): JSON strings may hold U+2028 and friends, which splitlines breaks on.
-    for lineno, obj in json_lines(text.split("\n"), where, problems):
-        line, found = _check_line(obj, lineno, where, target)
-        problems.extend(found)
-        if line is not None:
-            lines.append(line)
-    if not lines and not problems:
-        problems.append(Problem(where, 0, "file holds no rationales"))
-    if problems:
-        raise RationaleFileError(problems)
-    return lines
+# A file's lines are read and checked by `distill.rationale_file` (the offline GPU run reads them too).
 
 
 def _import_target(
     session: Session, dataset: str, split: str, teacher_map: dict[str, str], where: str
-) -> _ImportTarget:
+) -> ImportTarget:
     """The split the file's ids must belong to; RationaleFileError if it holds no examples."""
     ds = find_dataset(session, dataset)
     rows = [] if ds is None else session.scalars(split_query(ds.id, split)).all()
@@ -451,18 +348,18 @@ def _import_target(
             [Problem(where, 0, f"dataset '{dataset}' has no examples in split '{split}'; {hint}")]
         )
     examples = {row.external_id: (row.id, to_record(row)) for row in rows}
-    return _ImportTarget(dataset, split, ds.id, examples, teacher_map)
+    return ImportTarget(dataset, split, ds.id, examples, teacher_map)
 
 
-def _first_lines(lines: Sequence[_Line]) -> dict[str, _Line]:
+def _first_lines(lines: Sequence[RationaleLine]) -> dict[str, RationaleLine]:
     """Each teacher's first line, teachers in order of appearance."""
-    first: dict[str, _Line] = {}
+    first: dict[str, RationaleLine] = {}
     for line in lines:
         first.setdefault(line.teacher, line)
     return first
 
 
-def _check_teachers(session: Session, first_lines: dict[str, _Line], where: str) -> None:
+def _check_teachers(session: Session, first_lines: dict[str, RationaleLine], where: str) -> None:
     """RationaleFileError if a name the file's teachers would take belongs to a non-precomputed teacher."""
     problems = []
     for name, line in first_lines.items():
@@ -480,13 +377,13 @@ def _check_teachers(session: Session, first_lines: dict[str, _Line], where: str)
         raise RationaleFileError(problems)
 
 
-def _import_key(target: _ImportTarget, digest: str) -> str:
+def _import_key(target: ImportTarget, digest: str) -> str:
     material = json.dumps([target.dataset, target.split, digest, sorted(target.teacher_map.items())])
     return "import:" + hashlib.sha256(material.encode()).hexdigest()
 
 
 def _import_job(
-    session: Session, job_id: str | None, key: str, target: _ImportTarget, params: Mapping[str, object]
+    session: Session, job_id: str | None, key: str, target: ImportTarget, params: Mapping[str, object]
 ) -> tuple[m.RationaleJob, bool]:
     """The job the file's lines belong to (created if new) and whether it was created now."""
     now = datetime.now(UTC)
@@ -531,7 +428,9 @@ def _precomputed_teacher(session: Session, name: str, source_name: str, path: Pa
     return session.scalars(select(m.Teacher).where(m.Teacher.name == name)).one()
 
 
-def _rationale_rows(job_id: str, lines: Sequence[_Line], teacher_ids: dict[str, int]) -> list[dict[str, Any]]:
+def _rationale_rows(
+    job_id: str, lines: Sequence[RationaleLine], teacher_ids: dict[str, int]
+) -> list[dict[str, Any]]:
     """The lines as rationale rows: samples numbered per (example, teacher) in file order."""
     rows: list[dict[str, Any]] = []
     samples: dict[tuple[int, str], list[str]] = {}
