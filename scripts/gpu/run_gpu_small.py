@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from distillery.distill.encoding import StudentEncoder
     from distillery.distill.experiments import Experiment, Preset
     from distillery.distill.multitask import ResolvedRun
-    from distillery.distill.rationale_file import RationaleLine
+    from distillery.rationales.exchange import RationaleLine
     from distillery.records import Example
 
 
@@ -149,7 +149,7 @@ def load_data(name: str, shared: Path, eval_split: str) -> DatasetData:
     """The dataset's train and eval splits and the paper's train rationales, read as the store reads them."""
     from distillery.datasets import dataset_file, load_jsonl
     from distillery.distill.experiments import rationale_path
-    from distillery.distill.rationale_file import ImportTarget, parse_rationale_file
+    from distillery.rationales.exchange import ImportTarget, parse_rationale_file
 
     datasets_dir = shared / "datasets"
     train_path = dataset_file(name, "train", datasets_dir)

@@ -6,7 +6,6 @@ encoding.py    how a student sees a task (prompt tokens masked out of the labels
 collator.py    all tasks of a batch in one padded tensor
 tasks.py       the training set from the database (answer task + one task per teacher)
 multitask.py   one example's tasks and token ids (no database; tasks.py and the offline GPU run)
-rationale_file.py  the rationale exchange format, parsed (no database; the store and the GPU run)
 trainer.py     transformers.Trainer with that loss
 evaluate.py    accuracy (generated letter and option likelihood), letter distribution
 export.py      the trained student as a plain HF model directory (LoRA merged)

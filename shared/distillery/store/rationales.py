@@ -39,10 +39,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import sqltypes
 
 from distillery.datasets import Problem
-from distillery.distill.rationale_file import ImportTarget, RationaleLine
-from distillery.distill.rationale_file import RationaleFileError as RationaleFileError
-from distillery.distill.rationale_file import parse_rationale_file as parse_rationale_file
 from distillery.rationales.checks import is_duplicate
+from distillery.rationales.exchange import ImportTarget, RationaleLine
+from distillery.rationales.exchange import RationaleFileError as RationaleFileError
+from distillery.rationales.exchange import parse_rationale_file as parse_rationale_file
 from distillery.store import models as m
 from distillery.store.db import session_scope
 from distillery.store.examples import find_dataset, split_query, to_record
@@ -333,7 +333,7 @@ def dump_line(line: Mapping[str, Any]) -> str:
 
 
 # --- import -------------------------------------------------------------------------------------------
-# A file's lines are read and checked by `distill.rationale_file` (the offline GPU run reads them too).
+# A file's lines are read and checked by `rationales.exchange` (the offline GPU run reads them too).
 
 
 def _import_target(
