@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LLAMA_SERVER := $(BIN)/llama-server
 
 .PHONY: install demo up test lint
 
@@ -12,12 +13,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# llama.cpp's own server for the llamacpp backend, built from the llama.cpp that llama-cpp-python vendors.
+$(LLAMA_SERVER): $(STAMP) scripts/build-llama-server.sh
+	VENV=$(VENV) bash scripts/build-llama-server.sh
 
-demo: $(STAMP)
+install: $(STAMP) $(LLAMA_SERVER)
+
+demo: install
 	$(BIN)/distillery demo
 
-up: $(STAMP)
+up: install
 	$(BIN)/distillery up
 
 lint: $(STAMP)
@@ -26,5 +31,5 @@ lint: $(STAMP)
 	VENV=$(VENV) bash scripts/typecheck.sh
 	VENV=$(VENV) bash scripts/validate-deploy.sh
 
-test: lint
+test: lint $(LLAMA_SERVER)
 	$(BIN)/python -m pytest

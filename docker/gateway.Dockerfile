@@ -5,9 +5,10 @@
 # ---- build: a virtualenv with the project and its dependencies -------------------------------------
 FROM python:3.11.13-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
-# A compiler for dependencies published as source only (llama-cpp-python); the runtime stage has none.
+# A compiler for dependencies published as source only (llama-cpp-python) and for llama.cpp's
+# llama-server (the llamacpp backend's default runtime); the runtime stage has none.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential=12.9 \
+    && apt-get install -y --no-install-recommends build-essential=12.9 cmake=3.25.1-1 \
     && rm -rf /var/lib/apt/lists/*
 # CPU wheel of torch: the default PyPI wheel drags in gigabytes of CUDA libraries a gateway never uses.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -18,6 +19,10 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 RUN pip install .
+# llama-server from the llama.cpp sources the installed llama-cpp-python vendors, into /opt/venv/bin.
+# GGML_NATIVE would tune it to the build host's CPU: build on the CPU family you deploy to.
+COPY scripts/build-llama-server.sh ./scripts/
+RUN VENV=/opt/venv HOME=/tmp bash scripts/build-llama-server.sh
 
 # ---- runtime -----------------------------------------------------------------------------------------
 FROM python:3.11.13-slim-bookworm
@@ -26,7 +31,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     DISTILLERY_HOME=/var/lib/distillery \
     DISTILLERY_SHARED_DIR=/data/shared
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/distillery --create-home distillery
+# libgomp: llama.cpp's OpenMP threads (llama-server and llama-cpp-python).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --home-dir /var/lib/distillery --create-home distillery
 COPY --from=build /opt/venv /opt/venv
 COPY docker/healthcheck.py /opt/healthcheck.py
 USER 10001:10001

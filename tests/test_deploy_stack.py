@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from distillery_launcher.stack import ServiceDef, stack
+from distillery_launcher.stack import CPU_STUDENT_BACKEND, ServiceDef, stack
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = {"postgres", "redis"}
@@ -76,6 +76,19 @@ def test_images_run_distillery_with_the_stack_command_by_default() -> None:
             assert dockerfile_instruction(dockerfile, "CMD") == list(svc.argv), dockerfile
     cuda = ROOT / "docker/trainer-cuda.Dockerfile"
     assert dockerfile_instruction(cuda, "CMD") == list(containers()["trainer"].argv)
+
+
+def test_compose_and_kubernetes_serve_the_student_on_the_backend_up_defaults_to() -> None:
+    env = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert env["DISTILLERY_STUDENT_BACKEND"] == CPU_STUDENT_BACKEND
+    literals = yaml.safe_load((ROOT / "k8s/base/kustomization.yaml").read_text())["configMapGenerator"][0]
+    assert f"DISTILLERY_STUDENT_BACKEND={CPU_STUDENT_BACKEND}" in literals["literals"]
+    # The gateway image carries the llama-server that backend's default runtime starts.
+    assert "build-llama-server.sh" in (ROOT / "docker/gateway.Dockerfile").read_text()
 
 
 def test_kubernetes_base_runs_the_stack_commands() -> None:

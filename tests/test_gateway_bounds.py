@@ -3,7 +3,7 @@
 - Redis unreachable (a black-holed port: it accepts connections and never answers): authenticated
   requests still answer within 2 s, `/readyz` does not depend on Redis.
 - `logprobs` over DISTILLERY_MAX_LOGPROB_TOKENS generated tokens: 400 naming `logprobs`; without
-  max_tokens it shrinks; an echoed prompt of any length is scored (in chunks, not counted).
+  max_tokens it shrinks; an echoed prompt of any length is scored (memory bounded, not counted).
 - The token budget charges prompt plus most completion tokens per key (429 past it).
 - Failed authentications are rate-limited per client (429 before any key lookup).
 - The session cookie is `Secure` behind a TLS ingress (X-Forwarded-Proto).
@@ -83,7 +83,7 @@ def test_logprobs_are_capped(settings: Settings) -> None:
         chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "logprobs": True}
         response = http.post("/v1/chat/completions", json={**chat, "max_tokens": 9, "n": 2})
         assert response.status_code == 400 and response.json()["error"]["param"] == "logprobs"
-        # An echoed prompt is scored in chunks (memory bounded by the chunk), so it is not counted.
+        # An echoed prompt is scored with bounded memory (prefill logits or chunks): not counted.
         echoed = http.post(
             "/v1/completions", json={**base, "max_tokens": 1, "echo": True, "prompt": "word " * 150}
         )

@@ -94,6 +94,40 @@ def test_token_id_prompt_with_echo_and_logprobs(http: httpx.Client) -> None:
     assert choice["text"].startswith("".join(logprobs["tokens"][: len(ids)]))
 
 
+def test_echoed_prompts_score_alike_from_the_prefill_and_in_chunks(
+    http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batched echo scoring reads the prefill's logits; above ECHO_LOGITS_BUDGET each prompt is scored
+    alone over the KV cache. Both give the same prompt logprobs, in a batch of prompts of two lengths."""
+    from distillery_gateway.engine import transformers_backend
+
+    prompts = [[504, 3365, 314, 1178, 42], [77, 12, 9000]]
+    body = {"prompt": prompts, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 3}
+    backend_class = transformers_backend.TransformersBackend
+    alone_calls = []
+    scored_alone = backend_class._prompt_logprobs
+
+    def counted(self: object, *args: object) -> object:
+        alone_calls.append(args)
+        return scored_alone(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backend_class, "_prompt_logprobs", counted)
+    fused = complete(http, **body)["choices"]
+    assert not alone_calls  # both prompts scored from the batch's prefill
+    monkeypatch.setattr(transformers_backend, "ECHO_LOGITS_BUDGET", 0)
+    alone = complete(http, **body)["choices"]
+    assert len(alone_calls) == 2
+    for a, b in zip(fused, alone, strict=True):
+        assert a["logprobs"]["tokens"] == b["logprobs"]["tokens"]
+        assert a["logprobs"]["token_logprobs"][1:] == pytest.approx(
+            b["logprobs"]["token_logprobs"][1:], abs=1e-4
+        )
+        for top_a, top_b in zip(
+            a["logprobs"]["top_logprobs"][1:], b["logprobs"]["top_logprobs"][1:], strict=True
+        ):
+            assert top_a.keys() == top_b.keys()
+
+
 def test_generated_logprobs_kept_step_by_step_equal_the_full_distribution(http: httpx.Client) -> None:
     """Logprobs kept while generating (the chosen token's and the top-k, never a whole vocabulary per
     step) equal those of transformers' own `output_logits`, and a greedy token is its step's best."""

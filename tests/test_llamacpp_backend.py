@@ -2,12 +2,16 @@
 errors, answers equal to the transformers backend's, and a promote that swaps under load.
 
 The gateway exports the tiny random Llama to GGUF (f32, so greedy answers can be compared with the
-transformers backend exactly) and serves it with llama.cpp's continuous batching.
+transformers backend exactly) and serves it with llama.cpp's continuous batching, with both runtimes:
+in the gateway process (llama-cpp-python) and on a supervised `llama-server` child process (whose
+prompt log-probabilities, for echo and option scoring, come from an in-process context on the GGUF).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -36,9 +40,17 @@ complete = partial(completion, model=MODEL)
 pytestmark = pytest.mark.slow
 
 
-def llamacpp_settings(base: Settings, **overrides: object) -> Settings:
+RUNTIMES = ["inprocess", "server"]
+
+
+def llamacpp_settings(base: Settings, runtime: str = "inprocess", **overrides: object) -> Settings:
     return gateway_settings(
-        base, student_backend="llamacpp", llamacpp_outtype="f32", llamacpp_slots=4, **overrides
+        base,
+        student_backend="llamacpp",
+        llamacpp_outtype="f32",
+        llamacpp_slots=4,
+        llamacpp_runtime=runtime,
+        **overrides,
     )
 
 
@@ -51,9 +63,14 @@ def base(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFac
     return settings
 
 
+@pytest.fixture(scope="module", params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def gw(base: Settings) -> Iterator[LiveGateway]:
-    with LiveGateway(llamacpp_settings(base)) as gateway:
+def gw(base: Settings, runtime: str) -> Iterator[LiveGateway]:
+    with LiveGateway(llamacpp_settings(base, runtime)) as gateway:
         yield gateway
 
 
@@ -86,11 +103,26 @@ def test_logprobs_and_echo(http: httpx.Client) -> None:
     assert logprobs["token_logprobs"][0] is None
     assert all(isinstance(v, float) and v <= 0 for v in logprobs["token_logprobs"][1:])
     assert all(len(top) == 2 for top in logprobs["top_logprobs"][1:])
+    # Without echo (on the server runtime: llama-server's own logprobs), the same generated tokens.
+    plain = complete(http, prompt=ids, max_tokens=2, temperature=0, logprobs=2)["choices"][0]["logprobs"]
+    assert plain["tokens"] == logprobs["tokens"][-2:]
+    assert plain["token_logprobs"] == pytest.approx(logprobs["token_logprobs"][-2:], abs=1e-3)
     # Greedy: each generated token is its position's most likely one.
     for token, value, top in zip(
-        logprobs["tokens"][-2:], logprobs["token_logprobs"][-2:], logprobs["top_logprobs"][-2:], strict=True
+        plain["tokens"], plain["token_logprobs"], plain["top_logprobs"], strict=True
     ):
+        assert len(top) == 2
         assert max(top.values()) == pytest.approx(value) and top[token] == pytest.approx(value)
+
+
+def test_predict_answers_with_option_scores(http: httpx.Client) -> None:
+    """The tiny random model names no option, so /v1/predict scores them (prompt logprobs)."""
+    for question in ("Which is a colour?", "2 + 2 ="):
+        response = http.post("/v1/predict", json={"question": question, "options": ["red", "seven", "4"]})
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        if answer["method"] == "likelihood":
+            assert len(answer["option_scores"]) == 3
 
 
 def test_chat_and_streaming_agree(http: httpx.Client) -> None:
@@ -162,11 +194,16 @@ def test_greedy_answers_match_the_transformers_backend(
     assert mine == theirs
 
 
-def test_promote_swaps_under_load_without_a_failed_request(settings: Settings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("swap_runtime", RUNTIMES)
+def test_promote_swaps_under_load_without_a_failed_request(
+    settings: Settings, tmp_path: Path, swap_runtime: str
+) -> None:
     v1, v2 = copy_model(tmp_path / "v1"), copy_model(tmp_path / "v2")
     admin = make_key(settings.database_url or "", ("admin",), "admin")
     # Six clients in a loop on a tiny model outrun the default per-key budget: this test is about the swap.
-    s = llamacpp_settings(settings, default_model="none", registry_poll_s=30.0, rate_limit_per_minute=100_000)
+    s = llamacpp_settings(
+        settings, swap_runtime, default_model="none", registry_poll_s=30.0, rate_limit_per_minute=100_000
+    )
     with (
         LiveGateway(s) as gw,
         httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {admin}"}) as api,
@@ -185,3 +222,32 @@ def test_promote_swaps_under_load_without_a_failed_request(settings: Settings, t
         assert {m for _, m in outcomes} == {"arc-student:v1", "arc-student:v2"}
         backend = api.get("/v1/models").json()["data"][0]
         assert backend["id"] == "arc-student:v2"
+
+
+def test_a_killed_llama_server_is_started_again(base: Settings, database_url: str) -> None:
+    """The server runtime supervises its child: after a kill -9, requests get 503 + Retry-After at
+    most while it restarts, then answers as before."""
+    with (
+        LiveGateway(llamacpp_settings(base, "server")) as gw,
+        key_client(gw, database_url, ("infer",), "llamacpp-supervision") as http,
+    ):
+        # Whatever the registry says is served (an earlier test here may have promoted a model).
+        body = {"model": http.get("/v1/models").json()["data"][0]["id"], "prompt": "The sky is"}
+        body |= {"max_tokens": 4, "temperature": 0}
+        before = http.post("/v1/completions", json=body).json()["choices"][0]["text"]
+        slot = gw.app.state.manager._slot
+        assert slot is not None
+        server = slot.backend.server
+        old_pid = server.proc.pid
+        os.kill(old_pid, signal.SIGKILL)
+        server.proc.wait(timeout=10)
+        statuses = []
+        for _ in range(20):
+            response = http.post("/v1/completions", json=body)
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                assert response.json()["choices"][0]["text"] == before
+                break
+            assert response.status_code == 503 and response.headers.get("Retry-After"), response.text
+        assert statuses[-1] == 200, statuses
+        assert server.restarts == 1 and server.proc.pid != old_pid and server.alive

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -66,7 +67,21 @@ def test_local_train_then_eval_the_registered_model(cli_env: Settings, tmp_path:
         assert run.config["method"] == "tinyllm" and run.config["lora"]["r"] == 4
     model_dir = Path(run.output_dir)
     assert not (model_dir / "adapter_config.json").exists()
-    AutoModelForCausalLM.from_pretrained(model_dir)
+    merged = AutoModelForCausalLM.from_pretrained(model_dir)
+    # The unmerged adapter is kept beside the merged weights (what a vLLM server loads at runtime).
+    info = json.loads((model_dir / "distillery_student.json").read_text())
+    assert info["lora_adapter"] == {"path": "lora_adapter", "base_model": "tiny-causal"}
+    adapter_dir = model_dir / "lora_adapter"
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())["r"] == 4
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    from peft import PeftModel
+
+    from distillery.modelhub import resolve_model
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-causal"))
+    adapted = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(adapted(ids).logits, merged(ids).logits, rtol=1e-4, atol=1e-4)
 
     predictions = tmp_path / "pred.jsonl"
     evaluated = runner.invoke(

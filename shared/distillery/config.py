@@ -73,11 +73,38 @@ class Settings(BaseSettings):
     )
     llamacpp_slots: int = Field(default=4, ge=1, description="Sequences llama.cpp decodes together.")
     llamacpp_ctx: int = Field(default=2048, ge=64, description="Context tokens of each llama.cpp slot.")
+    llamacpp_runtime: Literal["server", "inprocess"] = Field(
+        default="server",
+        description="llama.cpp's own llama-server as a supervised child process (the faster: "
+        "bench/serving.py), or llama.cpp in the gateway process through llama-cpp-python (also gives "
+        "prompt logprobs: echo scoring and /v1/predict's option-scoring fallback).",
+    )
+    llamacpp_server_bin: str | None = Field(
+        default=None,
+        description="llama-server binary for llamacpp_runtime=server; unset = the venv's, then PATH.",
+    )
     vllm_url: str | None = Field(default=None, description="vLLM server URL (…/v1), student_backend=vllm.")
     vllm_model: str | None = Field(
         default=None, description="Model name on the vLLM server; unset = the promoted model's."
     )
     vllm_api_key: str | None = Field(default=None, description="The vLLM server's --api-key, if it has one.")
+    vllm_lora_root: str | None = Field(
+        default=None,
+        description="Where the vLLM server sees this gateway's DISTILLERY_HOME (a shared volume), for the "
+        "LoRA adapters it loads at runtime; unset = the same paths.",
+    )
+    vllm_url_template: str | None = Field(
+        default=None,
+        description="A vLLM server per registry version (blue/green full-weight students): a URL with "
+        "`{version}` and optionally `{name}` (DNS-safe), e.g. `http://vllm-student-v{version}:8000/v1`; "
+        "unset = vllm_url for every model.",
+    )
+    vllm_ready_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a promote waits for the version's vLLM server (vllm_url_template) to list "
+        "the model; then the current model keeps serving.",
+    )
     default_model: str = Field(
         default="smollm2-135m", description='Served while none is promoted: modelhub name, HF dir or "none".'
     )

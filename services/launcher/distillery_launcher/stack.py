@@ -15,6 +15,9 @@ from distillery.teachers.base import TeacherSpec
 
 GATEWAY_PORT = 8000
 TEACHER_PORT = 8100
+# The gateway's student backend where none is configured: llama.cpp on the GGUF (docs/SERVING.md);
+# .env.example (compose) and k8s/base's config map set the same.
+CPU_STUDENT_BACKEND = "llamacpp"
 # Served names of the local CPU teachers (distillery.modelhub names; GGUF files come from PyPI wheels).
 LOCAL_TEACHER_MODELS = ("smollm2-135m", "gemma3-270m")
 # SmolLM2-Instruct has a chat template; Gemma 3 270M is a base model, so it gets plain completions.

@@ -12,11 +12,12 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from distillery.export import cached_export
+from distillery.export import GGUFExport, cached_export
 from distillery_gateway.engine.backend import Backend
 from distillery_gateway.engine.codec import Codec
 from distillery_gateway.engine.llamacpp_engine import EngineClosed, LlamaCppEngine, Sequence
@@ -80,34 +81,46 @@ def token_logprob(codec: Codec, logprobs: np.ndarray, token: int, top: int) -> T
     return TokenLogprob(codec.token_text(token), float(logprobs[token]), alternatives)
 
 
+@dataclass(frozen=True)
+class LlamaCppOptions:
+    """How either llama.cpp runtime serves a student (settings `llamacpp_*`, factory.py)."""
+
+    gguf_dir: str | Path
+    outtype: str = "f16"
+    slots: int = 4
+    ctx_per_slot: int = 2048
+    threads: int | None = None  # unset: half the cores, as the transformers backend
+    queue_size: int = 256
+    queue_timeout_s: float | None = None
+
+    @property
+    def thread_count(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 2) // 2)
+
+
+def gguf_codec(path: str | Path, options: LlamaCppOptions) -> tuple[Codec, GGUFExport]:
+    """The student's codec (its context cut to a slot's) and its GGUF export (made once, cached)."""
+    codec = Codec(path)
+    export = cached_export(path, options.gguf_dir, options.outtype)
+    codec.max_context = min(codec.max_context, options.ctx_per_slot)
+    return codec, export
+
+
 class LlamaCppBackend(Backend):
     """A causal student as GGUF on llama.cpp: `slots` sequences decode together (continuous batching)."""
 
     kind = "llamacpp"
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        gguf_dir: str | Path,
-        outtype: str = "f16",
-        slots: int = 4,
-        ctx_per_slot: int = 2048,
-        threads: int | None = None,
-        queue_size: int = 256,
-        queue_timeout_s: float | None = None,
-    ):
-        self.codec = Codec(path)
-        self.export = cached_export(path, gguf_dir, outtype)
-        self.codec.max_context = min(self.codec.max_context, ctx_per_slot)
+    def __init__(self, path: str | Path, options: LlamaCppOptions):
+        self.codec, self.export = gguf_codec(path, options)
         self.eos = set(self.codec.eos_ids)
-        self.queue_size = queue_size
+        self.queue_size = options.queue_size
         self.engine = LlamaCppEngine(
             self.export.gguf,
-            slots=slots,
+            slots=options.slots,
             ctx_per_slot=self.codec.max_context,
-            threads=threads or max(1, (os.cpu_count() or 2) // 2),  # as the transformers backend
-            max_wait_s=queue_timeout_s,
+            threads=options.thread_count,
+            max_wait_s=options.queue_timeout_s,
         )
 
     @property

@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()
 
 Sink = Callable[[Delta], None]
-PROMPT_CHUNK = 64  # prompt positions per forward pass when an echoed prompt's logprobs are scored
+PROMPT_CHUNK = 64  # prompt positions per forward pass when an echoed prompt's logprobs are scored alone
+# Most logits (rows x padded width x vocabulary) a batch's prefill may keep so that its echoed prompts are
+# scored from that same forward pass (1 GiB at float32); a bigger batch scores them prompt by prompt.
+ECHO_LOGITS_BUDGET = 1 << 28
 # from_pretrained is not thread-safe (it builds on a process-wide meta-device context): one at a time.
 _LOAD_LOCK = threading.Lock()
 
@@ -169,6 +172,42 @@ class _StepLogprobs:
         return out
 
 
+class _EchoLogprobs:
+    """The logprobs of echoed prompts, read off `generate`'s first forward pass (the prefill, run with
+    every position's logits): the batch scores its prompts and starts generating in one pass.
+
+    `wanted`: batch row -> (its prompt, top alternatives). Rows are left-padded to `width`, so a
+    prompt's positions are the last `len(prompt)` ones and position j's logits predict token j + 1. A
+    prefill that returns fewer positions' logits scores nothing (the caller scores those prompts alone).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        width: int,
+        wanted: dict[int, tuple[list[int], int]],
+        score: Callable[[torch.Tensor, list[int], int], list[TokenLogprob]],
+    ):
+        self.width, self.wanted, self.score = width, wanted, score
+        self.scored: dict[int, list[TokenLogprob]] = {}
+        self._seen = False
+        self._handle = model.register_forward_hook(self._prefill)
+
+    def _prefill(self, module: object, args: tuple, output: object) -> None:
+        if self._seen:
+            return
+        self._seen = True
+        logits: torch.Tensor = output.logits  # type: ignore[attr-defined]
+        if logits.shape[1] != self.width:
+            return
+        for row, (prompt, top) in self.wanted.items():
+            if len(prompt) >= 2:
+                self.scored[row] = self.score(logits[row, -len(prompt) : -1], prompt[1:], top)
+
+    def detach(self) -> None:
+        self._handle.remove()
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -201,6 +240,10 @@ class TransformersBackend(Backend):
         self.threads = threads or max(1, (os.cpu_count() or 2) // 2)
         self.seq2seq = self.codec.seq2seq
         self.eos = set(self.codec.eos_ids)
+        # Without `logits_to_keep`, a model's forward returns every position's logits anyway.
+        self.keep_all: dict[str, int] = {"logits_to_keep": 0} if self.model._supports_logits_to_keep() else {}
+        head = self.model.get_output_embeddings()
+        self.vocab = head.weight.shape[0] if head is not None else len(self.codec.tokenizer)
         self.batcher = MicroBatcher(
             self._run,
             max_rows=batch_max_size,
@@ -315,6 +358,7 @@ class TransformersBackend(Backend):
         config = self._generation_config(first, max(r.params.max_tokens for r in rows))
         stopper = _RowStopper(rows, prefix, lambda ids: self.codec.decode(ids))
         streamer = _RowStreamer(rows, self.eos) if any(r.sink for r in rows) else None
+        echo = self._echo(rows, input_ids.shape[1])
         try:
             with torch.inference_mode(), torch.random.fork_rng(devices=[]):
                 if first.seed is not None:
@@ -325,10 +369,13 @@ class TransformersBackend(Backend):
                     generation_config=config,
                     stopping_criteria=StoppingCriteriaList([stopper]),
                     streamer=streamer,
+                    **(self.keep_all if echo is not None else {}),
                 )
         finally:
             if recorder is not None:
                 recorder.detach()
+            if echo is not None:
+                echo.detach()
         if recorder is not None:
             recorder.last_step(out.sequences[:, -1])
         sequences = out.sequences[:, prefix:].tolist()
@@ -341,6 +388,7 @@ class TransformersBackend(Backend):
             p = job.payload
             mine = choices[start : start + p.params.n]
             job_rows = rows[start : start + p.params.n]
+            first_row = start
             start += p.params.n
             if p.sink is not None:
                 for row, choice in zip(job_rows, mine, strict=True):
@@ -348,8 +396,24 @@ class TransformersBackend(Backend):
                     p.sink(Delta(row.index, row.stream.finish(choice.text), choice.finish_reason))
             prompt_logprobs = None
             if p.params.echo and p.params.logprobs is not None:
-                prompt_logprobs = self._prompt_logprobs(p.prompt_ids, p.params.logprobs)
+                scored = echo.scored.get(first_row) if echo is not None else None
+                if scored is not None:
+                    prompt_logprobs = [TokenLogprob(self.codec.token_text(p.prompt_ids[0]), None), *scored]
+                else:
+                    prompt_logprobs = self._prompt_logprobs(p.prompt_ids, p.params.logprobs)
             job.resolve(Generation(mine, len(p.prompt_ids), prompt_logprobs))
+
+    def _echo(self, rows: list[_Row], width: int) -> _EchoLogprobs | None:
+        """Scores the batch's echoed prompts from its prefill when their logits fit `ECHO_LOGITS_BUDGET`
+        (one pass instead of a prefill plus a pass per prompt); None: none to score, or too big."""
+        wanted = {
+            i: (r.job.payload.prompt_ids, r.params.logprobs)
+            for i, r in enumerate(rows)
+            if r.index == 0 and r.params.echo and r.params.logprobs is not None
+        }
+        if not wanted or self.seq2seq or len(rows) * width * self.vocab > ECHO_LOGITS_BUDGET:
+            return None
+        return _EchoLogprobs(self.model, width, wanted, self._scored_tokens)
 
     def _choice(self, row: _Row, seq: list[int], i: int, recorder: _StepLogprobs | None) -> Choice:
         ids = seq[: row.params.max_tokens]
@@ -390,19 +454,23 @@ class TransformersBackend(Backend):
                 )
                 cache = out.cache
                 following = prompt[start + 1 : start + 1 + len(chunk)]  # position j predicts token j + 1
-                lp = torch.log_softmax(out.logits[0, : len(following)].float(), dim=-1)
-                chosen = lp.gather(-1, torch.tensor(following, device=lp.device)[:, None])[:, 0].tolist()
-                best: list[dict[str, float]] = [{} for _ in following]
-                if top > 0:
-                    values, ids = lp.topk(top, dim=-1)
-                    best = [
-                        {text(t): v for v, t in zip(vs, ts, strict=True)}
-                        for vs, ts in zip(values.tolist(), ids.tolist(), strict=True)
-                    ]
-                scored += [
-                    TokenLogprob(text(t), v, alt) for t, v, alt in zip(following, chosen, best, strict=True)
-                ]
+                scored += self._scored_tokens(out.logits[0, : len(following)], following, top)
         return scored
+
+    def _scored_tokens(self, logits: torch.Tensor, following: list[int], top: int) -> list[TokenLogprob]:
+        """Each token of `following` with its logprob and the `top` alternatives, from the logits (one
+        row per token) that predict it."""
+        text = self.codec.token_text
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        chosen = lp.gather(-1, torch.tensor(following, device=lp.device)[:, None])[:, 0].tolist()
+        best: list[dict[str, float]] = [{} for _ in following]
+        if top > 0:
+            values, ids = lp.topk(top, dim=-1)
+            best = [
+                {text(t): v for v, t in zip(vs, ts, strict=True)}
+                for vs, ts in zip(values.tolist(), ids.tolist(), strict=True)
+            ]
+        return [TokenLogprob(text(t), v, alt) for t, v, alt in zip(following, chosen, best, strict=True)]
 
     def _logprobs(
         self, prompts: list[list[int]], conts: list[list[int]], top: int = 0

@@ -14,7 +14,7 @@ from distillery.config import Settings, get_settings
 from distillery.store.db import session_scope
 from distillery_launcher.cli.common import fail
 from distillery_launcher.embedded import ServiceURLs, embedded_servers, mask_url
-from distillery_launcher.stack import GATEWAY_PORT, TEACHER_PORT, local_teachers, stack
+from distillery_launcher.stack import CPU_STUDENT_BACKEND, GATEWAY_PORT, TEACHER_PORT, local_teachers, stack
 from distillery_launcher.stack import embedded_servers as supervised_servers
 from distillery_launcher.supervisor import Supervisor
 
@@ -116,6 +116,9 @@ def up(
         DISTILLERY_HOME=str(settings.home),
         PYTHONUNBUFFERED="1",  # children's lines reach the prefixed log as they are written
     )
+    # The student on a CPU is served by llama.cpp (bench/serving.py: about twice the transformers
+    # backend's throughput, the same greedy answers); as in .env.example and k8s. Yours wins if set.
+    env.setdefault("DISTILLERY_STUDENT_BACKEND", CPU_STUDENT_BACKEND)
 
     def register_teachers_and_admin_key(service: str) -> None:
         if service == "postgres":
