@@ -19,6 +19,8 @@ from the base model's), written the way the trainer writes a LoRA student (disti
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -64,31 +66,36 @@ def served_by_vllm(url: str) -> list[str]:
     return [m["id"] for m in httpx.get(f"{url}/models", timeout=30).json()["data"]]
 
 
-@pytest.mark.skipif(not LORA_URL, reason="set VLLM_STUDENT_URL to a LoRA-enabled vLLM's /v1 URL to run this")
-def test_lora_students_hot_swap_into_the_running_vllm(settings: Settings, tmp_path: Path) -> None:
-    v1, v2 = lora_student(tmp_path / "v1", 1), lora_student(tmp_path / "v2", 2)
+@contextmanager
+def swapped_under_load(
+    settings: Settings, paths: list[Path], **vllm: object
+) -> Iterator[tuple[httpx.Client, dict]]:
+    """A vLLM-backed gateway serving paths[0] as arc-student:v1, swapped to paths[1] (v2) while four
+    clients loop, none of them failing; yields the admin client and v1's registry row."""
     s = gateway_settings(
-        settings,
-        student_backend="vllm",
-        vllm_url=LORA_URL,
-        default_model="none",
-        rate_limit_per_minute=100_000,
+        settings, student_backend="vllm", default_model="none", rate_limit_per_minute=100_000, **vllm
     )
     admin = make_key(settings.database_url or "", ("admin",), "admin")
     with (
         LiveGateway(s) as gw,
-        httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {admin}"}, timeout=600) as api,
+        httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {admin}"}, timeout=900) as api,
     ):
-        first, second = register(api, v1), register(api, v2)
+        first, second = (register(api, path) for path in paths)
         promoted = api.post(f"/v1/registry/models/{first['id']}/promote", params={"wait": "true"})
         assert promoted.status_code == 200 and promoted.json()["serving"] is True, promoted.text
-        assert "arc-student:v1" in served_by_vllm(LORA_URL)
         with Clients(gw.url, make_key(settings.database_url or "", ("infer",)), n=4) as clients:
             wait_until(lambda: clients.all_answered_by("arc-student:v1"), 300, "clients served by v1")
             assert api.post(f"/v1/registry/models/{second['id']}/promote").status_code == 200
             wait_until(lambda: clients.all_answered_by("arc-student:v2", last=3), 600, "clients served by v2")
-        outcomes = [r for per_client in clients.results for r in per_client]
-        assert not [r for r in outcomes if r[0] != 200], [r for r in outcomes if r[0] != 200][:3]
+        failed = [r for per_client in clients.results for r in per_client if r[0] != 200]
+        assert not failed, failed[:3]
+        yield api, first
+
+
+@pytest.mark.skipif(not LORA_URL, reason="set VLLM_STUDENT_URL to a LoRA-enabled vLLM's /v1 URL to run this")
+def test_lora_students_hot_swap_into_the_running_vllm(settings: Settings, tmp_path: Path) -> None:
+    v1, v2 = lora_student(tmp_path / "v1", 1), lora_student(tmp_path / "v2", 2)
+    with swapped_under_load(settings, [v1, v2], vllm_url=LORA_URL) as (api, first):
         wait_until(lambda: "arc-student:v1" not in served_by_vllm(LORA_URL), 120, "v1's adapter unloaded")
         assert "arc-student:v2" in served_by_vllm(LORA_URL)
         # Roll back: v1's adapter is loaded again, v2's unloaded once its requests are done.
@@ -103,24 +110,6 @@ def test_lora_students_hot_swap_into_the_running_vllm(settings: Settings, tmp_pa
     reason="set VLLM_BLUEGREEN_DIRS (two model dirs) and VLLM_BLUEGREEN_URL_TEMPLATE to run this",
 )
 def test_full_weight_students_switch_to_their_own_vllm_server(settings: Settings) -> None:
-    s = gateway_settings(
-        settings,
-        student_backend="vllm",
-        vllm_url_template=BLUEGREEN_TEMPLATE,
-        default_model="none",
-        rate_limit_per_minute=100_000,
-    )
-    admin = make_key(settings.database_url or "", ("admin",), "admin")
-    with (
-        LiveGateway(s) as gw,
-        httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {admin}"}, timeout=900) as api,
-    ):
-        first, second = (register(api, Path(d)) for d in BLUEGREEN_DIRS[:2])
-        promoted = api.post(f"/v1/registry/models/{first['id']}/promote", params={"wait": "true"})
-        assert promoted.status_code == 200 and promoted.json()["serving"] is True, promoted.text
-        with Clients(gw.url, make_key(settings.database_url or "", ("infer",)), n=4) as clients:
-            wait_until(lambda: clients.all_answered_by("arc-student:v1"), 300, "clients served by v1")
-            assert api.post(f"/v1/registry/models/{second['id']}/promote").status_code == 200
-            wait_until(lambda: clients.all_answered_by("arc-student:v2", last=3), 600, "clients served by v2")
-        outcomes = [r for per_client in clients.results for r in per_client]
-        assert not [r for r in outcomes if r[0] != 200], [r for r in outcomes if r[0] != 200][:3]
+    paths = [Path(d) for d in BLUEGREEN_DIRS[:2]]
+    with swapped_under_load(settings, paths, vllm_url_template=BLUEGREEN_TEMPLATE) as (api, _):
+        assert api.get("/v1/models").json()["data"][0]["id"] == "arc-student:v2"
