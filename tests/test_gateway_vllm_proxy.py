@@ -352,6 +352,9 @@ def test_full_weight_students_switch_to_their_own_vllm_server_once_it_lists_them
             vllm_ready_timeout_s=6.0,
             default_model="none",
             registry_poll_s=30.0,
+            # The fake servers answer at once: four looping clients send far more than the default
+            # per-key budget of 600 requests a minute, and a 429 here would be the limiter, not the swap.
+            rate_limit_per_minute=100_000,
         )
         with (
             LiveGateway(s) as gw,
@@ -385,7 +388,7 @@ def test_full_weight_students_switch_to_their_own_vllm_server_once_it_lists_them
             assert answer() == " from v1"
 
             with Clients(gw.url, infer_key, n=4) as clients:
-                wait_until(lambda: clients.all_answered_by("arc-student:v1"), 60, "clients served by v1")
+                clients.wait_served_by("arc-student:v1", 60)
                 # v2 is promoted while its server still loads: the gateway waits, v1 keeps serving.
                 promoted: list[bool] = []
                 waiting = threading.Thread(target=promote, args=(v2, promoted))
@@ -399,7 +402,7 @@ def test_full_weight_students_switch_to_their_own_vllm_server_once_it_lists_them
                 fleet.ready.add(2)  # v2's server lists its model (by its path): the gateway switches
                 waiting.join(timeout=60)
                 assert promoted == [True]
-                wait_until(lambda: clients.all_answered_by("arc-student:v2"), 60, "clients served by v2")
+                clients.wait_served_by("arc-student:v2", 60)
             assert answer() == " from v2"
             for results in clients.results:
                 assert results and all(status == 200 for status, _ in results), results

@@ -7,6 +7,7 @@ Two copies of the tiny random Llama are registered as versions 1 and 2 of `arc-s
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -45,6 +46,7 @@ class Clients:
         self.url, self.key, self.n = url, key, n
         self.stop = threading.Event()
         self.results: list[list[tuple[int, str]]] = [[] for _ in range(n)]
+        self.pending: list[float | None] = [None] * n  # when each client's request in flight was sent
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
 
     def _run(self, i: int) -> None:
@@ -53,12 +55,15 @@ class Clients:
             base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=60
         ) as c:
             while not self.stop.is_set():
+                started = time.monotonic()
+                self.pending[i] = started
                 try:
                     response = c.post("/v1/chat/completions", json=body)
                     model = response.json().get("model", "") if response.status_code == 200 else response.text
                     self.results[i].append((response.status_code, model))
-                except httpx.HTTPError as exc:
+                except Exception as exc:  # recorded (status 0), never a silently dead client
                     self.results[i].append((0, repr(exc)))
+                self.pending[i] = None
 
     def __enter__(self) -> Clients:
         for t in self.threads:
@@ -73,6 +78,21 @@ class Clients:
     def all_answered_by(self, model: str, last: int = 2) -> bool:
         return all(len(r) >= last and all(m == model for _, m in r[-last:]) for r in self.results)
 
+    def wait_served_by(self, model: str, timeout: float, last: int = 2) -> None:
+        """Until every client's last `last` answers came from `model`; on timeout, an AssertionError that
+        shows what each client got last and how long its request in flight has waited."""
+        try:
+            wait_until(lambda: self.all_answered_by(model, last), timeout, f"clients served by {model}")
+        except AssertionError as exc:
+            now = time.monotonic()
+            state = [
+                f"client {i}: {len(r)} answers, last {r[-3:]}, "
+                + (f"a request in flight for {now - p:.1f}s" if p is not None else "none in flight")
+                + ("" if t.is_alive() else ", thread ended")
+                for i, (r, p, t) in enumerate(zip(self.results, self.pending, self.threads, strict=True))
+            ]
+            raise AssertionError(f"{exc}\n" + "\n".join(state)) from None
+
 
 @pytest.fixture
 def admin(settings: Settings) -> str:
@@ -82,7 +102,8 @@ def admin(settings: Settings) -> str:
 def test_promotion_swaps_under_load_without_a_failed_request(
     settings: Settings, versions: tuple[Path, Path], admin: str
 ) -> None:
-    s = gateway_settings(settings, default_model="none", registry_poll_s=30.0)
+    # Eight looping clients on the tiny model pass the default 600 requests a minute per key.
+    s = gateway_settings(settings, default_model="none", registry_poll_s=30.0, rate_limit_per_minute=100_000)
     with (
         LiveGateway(s) as gw,
         httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {admin}"}) as api,
@@ -99,10 +120,10 @@ def test_promotion_swaps_under_load_without_a_failed_request(
         assert listed == ["arc-student:v1", "arc-student", "student"]
 
         with Clients(gw.url, make_key(settings.database_url, ("infer",))) as clients:
-            wait_until(lambda: clients.all_answered_by("arc-student:v1"), 120, "clients served by v1")
+            clients.wait_served_by("arc-student:v1", 120)
             response = api.post(f"/v1/registry/models/{v2['id']}/promote")
             assert response.status_code == 200 and response.json()["stage"] == "production"
-            wait_until(lambda: clients.all_answered_by("arc-student:v2", last=3), 120, "clients served by v2")
+            clients.wait_served_by("arc-student:v2", 120, last=3)
 
         outcomes = [r for per_client in clients.results for r in per_client]
         failures = [r for r in outcomes if r[0] != 200]

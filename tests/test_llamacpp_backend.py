@@ -28,7 +28,6 @@ from gateway_support import (
     make_key,
     tiny_model,
     truncate_all,
-    wait_until,
 )
 from test_hotswap import Clients, register
 
@@ -214,9 +213,9 @@ def test_promote_swaps_under_load_without_a_failed_request(
         )
         assert promoted.status_code == 200 and promoted.json()["serving"] is True
         with Clients(gw.url, make_key(settings.database_url or "", ("infer",)), n=6) as clients:
-            wait_until(lambda: clients.all_answered_by("arc-student:v1"), 120, "clients served by v1")
+            clients.wait_served_by("arc-student:v1", 120)
             assert api.post(f"/v1/registry/models/{second['id']}/promote").status_code == 200
-            wait_until(lambda: clients.all_answered_by("arc-student:v2", last=3), 300, "clients served by v2")
+            clients.wait_served_by("arc-student:v2", 300, last=3)
         outcomes = [r for per_client in clients.results for r in per_client]
         assert not [r for r in outcomes if r[0] != 200]
         assert {m for _, m in outcomes} == {"arc-student:v1", "arc-student:v2"}

@@ -84,9 +84,9 @@ def swapped_under_load(
         promoted = api.post(f"/v1/registry/models/{first['id']}/promote", params={"wait": "true"})
         assert promoted.status_code == 200 and promoted.json()["serving"] is True, promoted.text
         with Clients(gw.url, make_key(settings.database_url or "", ("infer",)), n=4) as clients:
-            wait_until(lambda: clients.all_answered_by("arc-student:v1"), 300, "clients served by v1")
+            clients.wait_served_by("arc-student:v1", 300)
             assert api.post(f"/v1/registry/models/{second['id']}/promote").status_code == 200
-            wait_until(lambda: clients.all_answered_by("arc-student:v2", last=3), 600, "clients served by v2")
+            clients.wait_served_by("arc-student:v2", 600, last=3)
         failed = [r for per_client in clients.results for r in per_client if r[0] != 200]
         assert not failed, failed[:3]
         yield api, first
