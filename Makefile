@@ -7,14 +7,15 @@ LLAMA_SERVER := $(BIN)/llama-server
 
 .PHONY: install demo up test lint
 
-$(STAMP): pyproject.toml
+# llama-cpp-python compiles llama.cpp with the flags of scripts/llama-cmake-args.sh (a portable build).
+$(STAMP): pyproject.toml scripts/llama-cmake-args.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev]'
+	CMAKE_ARGS="$$(bash scripts/llama-cmake-args.sh)" $(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
 # llama.cpp's own server for the llamacpp backend, built from the llama.cpp that llama-cpp-python vendors.
-$(LLAMA_SERVER): $(STAMP) scripts/build-llama-server.sh
+$(LLAMA_SERVER): $(STAMP) scripts/build-llama-server.sh scripts/llama-cmake-args.sh
 	VENV=$(VENV) bash scripts/build-llama-server.sh
 
 install: $(STAMP) $(LLAMA_SERVER)

@@ -18,9 +18,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
-RUN pip install .
-# llama-server from the llama.cpp sources the installed llama-cpp-python vendors, into /opt/venv/bin.
-# GGML_NATIVE would tune it to the build host's CPU: build on the CPU family you deploy to.
+# llama-cpp-python compiles llama.cpp: a portable build (scripts/llama-cmake-args.sh), not one tuned
+# to the build host's CPU.
+COPY scripts/llama-cmake-args.sh ./scripts/
+RUN CMAKE_ARGS="$(bash scripts/llama-cmake-args.sh)" pip install .
+# llama-server from the llama.cpp sources the installed llama-cpp-python vendors, into /opt/venv/bin,
+# with the same flags.
 COPY scripts/build-llama-server.sh ./scripts/
 RUN VENV=/opt/venv HOME=/tmp bash scripts/build-llama-server.sh
 

@@ -15,7 +15,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
-RUN pip install "./[teacher]"
+# llama-cpp-python compiles llama.cpp: a portable build (scripts/llama-cmake-args.sh), not one tuned
+# to the build host's CPU.
+COPY scripts/llama-cmake-args.sh ./scripts/
+RUN CMAKE_ARGS="$(bash scripts/llama-cmake-args.sh)" pip install "./[teacher]"
 
 # ---- runtime: no compiler, only llama.cpp's OpenMP runtime -----------------------------------------
 FROM python:3.11.13-slim-bookworm

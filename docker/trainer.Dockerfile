@@ -16,7 +16,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
-RUN pip install .
+# llama-cpp-python compiles llama.cpp: a portable build (scripts/llama-cmake-args.sh), not one tuned
+# to the build host's CPU.
+COPY scripts/llama-cmake-args.sh ./scripts/
+RUN CMAKE_ARGS="$(bash scripts/llama-cmake-args.sh)" pip install .
 
 # ---- runtime -----------------------------------------------------------------------------------------
 FROM python:3.11.13-slim-bookworm

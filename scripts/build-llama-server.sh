@@ -4,7 +4,7 @@
 # the in-process engine are the same llama.cpp. PyPI has no llama-server binary; this is the C++ server
 # with parallel slots and continuous batching (`-np`), which llama-cpp-python's Python server is not.
 #
-# The build (about 10 min on 2 cores) is cached per llama.cpp version and CPU under
+# The build (about 10 min on 2 cores) is cached per llama.cpp version and build flags under
 # ${XDG_CACHE_HOME:-~/.cache}/distillery/llama-server/, so a second venv on the same machine only copies it.
 #   VENV=.venv bash scripts/build-llama-server.sh
 set -euo pipefail
@@ -13,9 +13,11 @@ VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 [ -x "$PY" ] || { echo "build-llama-server: no venv at $VENV (run make install first)" >&2; exit 1; }
 VERSION=$("$PY" -c 'import llama_cpp; print(llama_cpp.__version__)')
-# -march=native: key the cache by the CPU's feature flags too.
-CPU=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-10 || echo unknown)
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/distillery/llama-server/$VERSION-$(uname -m)-$CPU"
+# The same llama.cpp flags as llama-cpp-python's build (a portable build); the cache is keyed by them.
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+read -r -a FLAGS <<<"$(bash "$HERE/llama-cmake-args.sh")"
+KEY=$(echo "${FLAGS[*]}" | md5sum | cut -c1-10)
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/distillery/llama-server/$VERSION-$(uname -m)-$KEY"
 TARGET="$VENV/bin/llama-server"
 
 if [ ! -x "$CACHE/llama-server" ]; then
@@ -28,7 +30,7 @@ if [ ! -x "$CACHE/llama-server" ]; then
     SRC=$(echo "$WORK"/llama_cpp_python-*/vendor/llama.cpp)
     cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
         -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-        -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON >"$WORK/configure.log" \
+        -DLLAMA_OPENSSL=OFF "${FLAGS[@]}" >"$WORK/configure.log" \
         || { cat "$WORK/configure.log" >&2; exit 1; }
     cmake --build "$WORK/build" --target llama-server -j"$(nproc)" >"$WORK/build.log" 2>&1 \
         || { tail -50 "$WORK/build.log" >&2; exit 1; }

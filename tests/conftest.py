@@ -118,13 +118,17 @@ def settings(tmp_path: Path, clean_db: str, clean_redis: str) -> Settings:
 def teacher_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL ("http://127.0.0.1:PORT/v1") of ONE real llama.cpp teacher server for the session.
 
-    It serves `smollm2-135m` (chat) and `gemma3-270m` (base model: /v1/completions). Set
+    It serves `smollm2-135m` (chat) and `gemma3-270m` (base model: /v1/completions), supervised as
+    `distillery up` supervises its `teacher-cpu` service: a crash of llama.cpp's native code is restarted
+    on the same port (the log, with the crash's Python stacks, is in the session's `teacher0/`). Set
     DISTILLERY_TEST_TEACHER_URL to use a server that is already running instead.
     """
-    import subprocess
     import sys
+    import threading
     import time
-    import urllib.request
+
+    from distillery_launcher.stack import ServiceDef
+    from distillery_launcher.supervisor import Supervisor, probe
 
     given = os.environ.get("DISTILLERY_TEST_TEACHER_URL")
     if given:
@@ -134,29 +138,26 @@ def teacher_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log_path = tmp_path_factory.mktemp("teacher") / "server.log"
-    argv = [sys.executable, "-m", "distillery_teacher", "--models", "smollm2-135m,gemma3-270m"]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([*argv, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 300
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"teacher server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"teacher server not ready after 300 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
+    argv = ("--models", "smollm2-135m,gemma3-270m", "--host", "127.0.0.1", "--port", str(port))
+    with log_path.open("w") as log:
+        supervisor = Supervisor(
+            [ServiceDef("teacher", argv, ready_url=f"{url}/models")],
+            [sys.executable, "-m", "distillery_teacher"],
+            out=log,
+            name="tests",
+            ready_timeout_s=300,
+        )
+        thread = threading.Thread(target=supervisor.run, name="teacher-supervisor", daemon=True)
+        thread.start()
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            deadline = time.monotonic() + 300
+            while not probe(f"{url}/models", timeout=5):
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail(f"teacher server not ready:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            supervisor.stop()
+            thread.join(timeout=60)

@@ -9,6 +9,7 @@ request by request, so all configured models stay loaded (two small models fit e
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -134,6 +135,9 @@ def serve(config: ConfigFileSettings) -> None:
     """Run the server in the foreground until interrupted."""
     import uvicorn
 
+    # llama.cpp is native code: a crash in it (SIGSEGV, SIGABRT) leaves every thread's Python stack in the
+    # log, so the request being served shows; `up` restarts the server.
+    faulthandler.enable(all_threads=True)
     app = build_app(config)
     names = ", ".join(m.model_alias or m.model for m in config.models)
     log.info("teacher server on http://%s:%d/v1 serving %s", config.host, config.port, names)
