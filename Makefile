@@ -7,11 +7,13 @@ LLAMA_SERVER := $(BIN)/llama-server
 
 .PHONY: install demo up test lint
 
-# llama-cpp-python compiles llama.cpp with the flags of scripts/llama-cmake-args.sh (a portable build).
-$(STAMP): pyproject.toml scripts/llama-cmake-args.sh
+# llama-cpp-python compiles llama.cpp with the flags of scripts/llama-cmake-args.sh (a portable build);
+# ensure-llama-build.sh rebuilds it when pip took an AVX-512/AMX wheel from its cache instead.
+$(STAMP): pyproject.toml scripts/llama-cmake-args.sh scripts/ensure-llama-build.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	CMAKE_ARGS="$$(bash scripts/llama-cmake-args.sh)" $(BIN)/pip install -e '.[dev]'
+	VENV=$(VENV) bash scripts/ensure-llama-build.sh
 	touch $(STAMP)
 
 # llama.cpp's own server for the llamacpp backend, built from the llama.cpp that llama-cpp-python vendors.
