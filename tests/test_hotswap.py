@@ -55,8 +55,7 @@ class Clients:
             base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=60
         ) as c:
             while not self.stop.is_set():
-                started = time.monotonic()
-                self.pending[i] = started
+                self.pending[i] = time.monotonic()
                 try:
                     response = c.post("/v1/chat/completions", json=body)
                     model = response.json().get("model", "") if response.status_code == 200 else response.text
